@@ -1,0 +1,40 @@
+# fvdeploy — set-up and checks. `make demo` and `make test` install everything they need.
+#
+# torch: this machine's pip finds the CPU build torch==2.13.0 in its local wheel store. Elsewhere,
+# install a CPU (or CUDA) torch yourself first, or override TORCH_PIP (e.g. add your CPU wheel index
+# with --index-url). Never let pip resolve plain `torch` from PyPI: that pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIP ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_PIP)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-lock.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/fvdeploy models
+	$(BIN)/fvdeploy export-onnx --model faster_vit_0_any_res --resolution 576 960 --output build/demo/faster_vit_0_any_res_576x960.onnx --overwrite
+	$(BIN)/fvdeploy inspect build/demo/faster_vit_0_any_res_576x960.onnx
+	$(BIN)/fvdeploy verify build/demo/faster_vit_0_any_res_576x960.onnx --model faster_vit_0_any_res --resolution 576 960 --batch 2
+	@echo "Demo used random weights. Add --checkpoint fastervit_0_224_1k.pth.tar to export real weights."
+
+test: install
+	$(BIN)/python -m pytest -n 2 -q
+
+test-all: install
+	$(BIN)/python -m pytest -n 2 -q -m "not gpu and not macos"
+
+bench: install
+	$(BIN)/python benchmarks/onnx_vs_plain.py
+
+clean:
+	rm -rf $(VENV) build

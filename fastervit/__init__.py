@@ -1,0 +1,13 @@
+"""fastervit: a clean-room, export-friendly FasterViT that loads the official checkpoints."""
+
+from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_checkpoint
+from .config import FasterViTConfig, ModelEntry, PretrainedCfg
+from .geometry import StagePlan, UnsupportedResolutionError, plan_stages, suggest_windows
+from .model import FasterViT
+from .registry import UnknownModelError, build_meta, create_model, get_entry, list_models, model_config
+
+__all__ = [
+    "CheckpointError", "FasterViT", "FasterViTConfig", "LoadReport", "ModelEntry", "PretrainedCfg", "StagePlan",
+    "UnknownModelError", "UnsupportedResolutionError", "build_meta", "create_model", "get_entry", "list_models",
+    "load_checkpoint", "model_config", "plan_stages", "read_checkpoint", "save_checkpoint", "suggest_windows",
+]

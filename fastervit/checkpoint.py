@@ -1,0 +1,159 @@
+"""Safe checkpoint loading: official ``.pth.tar`` files and our own, never running pickled code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+# Official files are timm CheckpointSaver dicts whose `args` entry is an argparse.Namespace
+# (SPEC.md §1.4). That is the only global we allow the weights-only unpickler to rebuild.
+SAFE_GLOBALS = [argparse.Namespace]
+
+# Buffers that are pure functions of the window/carrier geometry (or caches of the position MLPs):
+# always recomputed from the model's own construction, never trusted from a file.
+DERIVED_BUFFER_SUFFIXES = ("relative_coords_table", "relative_position_index", "relative_bias")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    loaded: int = 0
+    recomputed: list[str] = field(default_factory=list)  # derived buffers whose shape differed
+    dropped: list[str] = field(default_factory=list)  # checkpoint keys without a module here
+    missing_counters: list[str] = field(default_factory=list)  # BatchNorm num_batches_tracked
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.loaded} tensors"]
+        if self.recomputed:
+            parts.append(f"recomputed {len(self.recomputed)} geometry buffers for this resolution/windows")
+        if self.dropped:
+            prefixes = sorted({k.split(".hat_pos_embed")[0] + ".hat_pos_embed.*" if ".hat_pos_embed." in k else k for k in self.dropped})
+            parts.append(f"dropped {len(self.dropped)} keys with no module here ({_short(prefixes)})")
+        return "; ".join(parts)
+
+
+def _short(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only=True``; anything that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        raise CheckpointError(f"refusing to load {path.name}: not a weights-only checkpoint ({first})") from None
+    except Exception as err:  # zip/EOF/format errors from torch.load
+        raise CheckpointError(f"cannot read checkpoint {path.name}: {type(err).__name__}: {err}".splitlines()[0]) from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path.name} holds a {type(obj).__name__}, not a state_dict")
+    return dict(obj)
+
+
+def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Pick the weights the way the official loader does (``state_dict`` / ``model`` / bare dict)."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError("checkpoint has no tensors under 'state_dict', 'model' or at the top level")
+    keys = list(state)
+    if keys[0].startswith("module."):
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if sorted(state)[0].startswith("encoder"):
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    return state
+
+
+def _is_derived(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in DERIVED_BUFFER_SUFFIXES
+
+
+def match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Check ``state`` against the model; return the full dict to load strictly, and the report.
+
+    Accepted differences: derived buffers (kept from the model), ``hat_pos_embed.*`` keys where this
+    model has no carrier position MLP (non-square carrier grid), missing ``num_batches_tracked``.
+    Anything else is an error naming the keys.
+    """
+    own = model.state_dict()
+    report = LoadReport()
+    merged: dict[str, torch.Tensor] = {}
+    missing, mismatched = [], []
+    for key, ref in own.items():
+        if _is_derived(key):
+            merged[key] = ref
+            if key in state and tuple(state[key].shape) != tuple(ref.shape):
+                report.recomputed.append(key)
+            continue
+        if key not in state:
+            if key.endswith("num_batches_tracked"):
+                merged[key] = ref
+                report.missing_counters.append(key)
+            else:
+                missing.append(key)
+            continue
+        if tuple(state[key].shape) != tuple(ref.shape):
+            mismatched.append(f"{key} {list(state[key].shape)} vs model {list(ref.shape)}")
+            continue
+        merged[key] = state[key]
+        report.loaded += 1
+    unexpected = []
+    for key in state:
+        if key in own:
+            continue
+        if ".hat_pos_embed." in key or _is_derived(key):
+            report.dropped.append(key)
+        else:
+            unexpected.append(key)
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} keys ({_short(missing)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches ({_short(mismatched)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_short(unexpected)})")
+    if problems:
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
+    return merged, report
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load an official or fvdeploy checkpoint into ``model`` (see :func:`match_state_dict`)."""
+    if getattr(model, "deployed", False):
+        raise CheckpointError("load weights before deploy(): the deployed model has folded norms")
+    merged, report = match_state_dict(model, extract_state_dict(read_checkpoint(path)))
+    model.load_state_dict(merged, strict=True)
+    return report
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> None:
+    """Write ``{"state_dict", "fvdeploy": {...}}`` atomically (official layout plus our metadata)."""
+    path = Path(path)
+    cfg = getattr(model, "cfg", None)
+    payload = {"state_dict": model.state_dict(), "fvdeploy": {"config": cfg.to_dict() if cfg else None, **extra}}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

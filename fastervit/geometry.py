@@ -1,0 +1,170 @@
+"""Stage geometry decided at construction: map sizes, padding, windows, carrier tokens.
+
+Everything the forward pass needs to reshape is computed here once, as Python ints, so that an
+export sees constant shapes (only the batch stays dynamic). The same plan validates a resolution
+and explains why one cannot work.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import NUM_STAGES, TRANSFORMER_STAGES, FasterViTConfig
+
+
+class UnsupportedResolutionError(ValueError):
+    """The architecture cannot run at the requested input size."""
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    width: int
+    transformer: bool
+    size: tuple[int, int]  # map size this stage receives at run time
+    window: int = 0
+    padded: tuple[int, int] = (0, 0)  # size after padding to whole windows
+    windows: tuple[int, int] = (1, 1)  # window grid (rows, cols)
+    carrier_grid: tuple[int, int] = (1, 1)  # sr: carrier windows (rows, cols) fixed at construction
+    has_carriers: bool = False
+    has_tokenizer: bool = False
+    pool_kernel: tuple[int, int] = (1, 1)
+    pool_stride: tuple[int, int] = (1, 1)
+
+    @property
+    def pad(self) -> tuple[int, int]:
+        """(bottom, right) zero padding."""
+        return (self.padded[0] - self.size[0], self.padded[1] - self.size[1])
+
+    @property
+    def num_windows(self) -> int:
+        return self.windows[0] * self.windows[1]
+
+
+def _ceil_half(n: int) -> int:
+    return (n + 1) // 2  # output size of a 3x3 stride-2 pad-1 conv
+
+
+def runtime_stage_sizes(resolution: tuple[int, int]) -> list[tuple[int, int]]:
+    """Map size entering each stage: the stem halves twice, each downsampler once more."""
+    h, w = _ceil_half(_ceil_half(resolution[0])), _ceil_half(_ceil_half(resolution[1]))
+    sizes = []
+    for _ in range(NUM_STAGES):
+        sizes.append((h, w))
+        h, w = _ceil_half(h), _ceil_half(w)
+    return sizes
+
+
+def _round_up(n: int, m: int) -> int:
+    return n + (m - n % m) % m
+
+
+def plan_stages(cfg: FasterViTConfig) -> list[StagePlan]:
+    """Plan every stage, raising UnsupportedResolutionError where the official model would fail."""
+    H, W = cfg.resolution
+    sizes = runtime_stage_sizes(cfg.resolution)
+    plans = []
+    for i, size in enumerate(sizes):
+        if i not in TRANSFORMER_STAGES:
+            plans.append(StagePlan(i, cfg.stage_width(i), False, size))
+            continue
+        w, c = cfg.window_size[i], cfg.ct_size
+        # Structure uses the floor-based nominal size (official `int(2^-(2+i) * resolution)`).
+        nominal = (int(2 ** (-2 - i) * H), int(2 ** (-2 - i) * W))
+        if cfg.any_res:
+            nominal = (_round_up(nominal[0], w), _round_up(nominal[1], w))
+            padded = (_round_up(size[0], w), _round_up(size[1], w))
+        else:
+            padded = size
+            if size[0] % w or size[1] % w:
+                raise UnsupportedResolutionError(
+                    f"stage {i} map {size[0]}x{size[1]} is not a multiple of its window {w} "
+                    f"(the 224-family models do not pad; use an _any_res model or another size)"
+                )
+        sr = (nominal[0] // w, nominal[1] // w) if cfg.hat[i] else (1, 1)
+        has_carriers = sr[0] > 1 or sr[1] > 1
+        if cfg.any_res:
+            has_tokenizer = cfg.hat[i] and cfg.depths[i] > 0
+        else:
+            has_tokenizer = has_carriers
+        kernel, stride = (1, 1), (1, 1)
+        if has_tokenizer:
+            outs = [int(c * r / w) for r in nominal]
+            if min(outs) < 1:
+                raise UnsupportedResolutionError(f"stage {i} is too small for carrier tokens")
+            stride = tuple(int(r / o) for r, o in zip(nominal, outs))
+            kernel = tuple(r - (o - 1) * s for r, o, s in zip(nominal, outs, stride))
+        windows = (padded[0] // w, padded[1] // w)
+        if has_carriers:
+            pooled = tuple((p - k) // s + 1 for p, k, s in zip(padded, kernel, stride))
+            if windows != sr or pooled != (c * sr[0], c * sr[1]):
+                raise UnsupportedResolutionError(
+                    f"stage {i}: the map seen at run time ({size[0]}x{size[1]}, {windows[0]}x{windows[1]} windows) "
+                    f"does not match the carrier grid {sr[0]}x{sr[1]} built for {H}x{W}"
+                )
+        plans.append(
+            StagePlan(
+                i, cfg.stage_width(i), True, size, w, padded, windows, sr, has_carriers, has_tokenizer,
+                kernel, stride,  # type: ignore[arg-type]
+            )
+        )
+    return plans
+
+
+def check_resolution(cfg: FasterViTConfig) -> list[StagePlan]:
+    """plan_stages with an error message that says which sizes would work."""
+    try:
+        return plan_stages(cfg)
+    except UnsupportedResolutionError as err:
+        near = nearby_resolutions(cfg)
+        hint = f"; sizes that work nearby: {', '.join(f'{h}x{w}' for h, w in near)}" if near else ""
+        if cfg.any_res:
+            hint += f"; or choose windows, e.g. --window-size {','.join(map(str, suggest_windows(cfg.resolution)))}"
+        raise UnsupportedResolutionError(f"{cfg.resolution[0]}x{cfg.resolution[1]} cannot work: {err}{hint}") from None
+
+
+def _plans_ok(cfg: FasterViTConfig) -> bool:
+    try:
+        plan_stages(cfg)
+        return True
+    except (UnsupportedResolutionError, ValueError):
+        return False
+
+
+def nearby_resolutions(cfg: FasterViTConfig, count: int = 3, radius: int = 64) -> list[tuple[int, int]]:
+    """Closest resolutions (same aspect handling per dim) that the configuration accepts."""
+    H, W = cfg.resolution
+    found = []
+    for delta in range(0, radius + 1):
+        for h in {H - delta, H + delta}:
+            for w in {W - delta, W + delta} if cfg.any_res else {h}:
+                if h > 0 and w > 0 and (h, w) not in found and _plans_ok(cfg.replace(resolution=(h, w))):
+                    found.append((h, w))
+        if len(found) >= count:
+            break
+    return found[:count]
+
+
+def suggest_windows(resolution: tuple[int, int], preferred: int = 7, limit: int = 16) -> list[int]:
+    """Per-stage windows that divide both stage sizes, closest to the pretrained 7 (larger on ties).
+
+    Stages without such a window keep ``preferred`` (the any-res model then pads).
+    """
+    sizes = runtime_stage_sizes(resolution)
+    windows = [preferred] * NUM_STAGES
+    for i in TRANSFORMER_STAGES:
+        h, w = sizes[i]
+        options = [k for k in range(3, min(h, w, limit) + 1) if h % k == 0 and w % k == 0]
+        if options:
+            windows[i] = min(options, key=lambda k: (abs(k - preferred), -k))
+    return windows
+
+
+def carrier_count(plan: StagePlan, ct_size: int) -> int:
+    return ct_size * ct_size * plan.carrier_grid[0] * plan.carrier_grid[1]
+
+
+def carrier_bias_grid(plan: StagePlan, ct_size: int) -> int:
+    """Side of the square grid the carrier-attention bias is built on (SPEC.md §4.1)."""
+    return math.isqrt(carrier_count(plan, ct_size))

@@ -1,0 +1,290 @@
+"""FasterViT (Hatamizadeh et al., ICLR 2024): our own implementation, checkpoint-compatible.
+
+Module names and buffers follow the official state_dict layout (SPEC.md §2) so released checkpoints
+load unchanged; the computation follows SPEC.md §3 with export-friendly tensor layouts.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from . import fuse
+from .config import FasterViTConfig
+from .geometry import StagePlan, carrier_bias_grid, carrier_count, check_resolution
+from .layers import (
+    Attention,
+    ChannelLayerNorm,
+    Mlp,
+    TokenPositionMLP,
+    drop_path,
+    nearest_upsample_tokens,
+    window_partition,
+    window_reverse,
+)
+
+
+class PatchEmbed(nn.Module):
+    """Stem: two 3x3 stride-2 convs with BatchNorm (eps 1e-4) and ReLU."""
+
+    def __init__(self, in_chans: int, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Identity()
+        self.conv_down = nn.Sequential(
+            nn.Conv2d(in_chans, in_dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(in_dim, eps=1e-4),
+            nn.ReLU(),
+            nn.Conv2d(in_dim, dim, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(dim, eps=1e-4),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_down(self.proj(x))
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, dim: int, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.norm1 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.norm2 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.drop_path = drop_path(drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        return x + self.drop_path(y)
+
+
+class Downsample(nn.Module):
+    """Channel LayerNorm (eps 1e-6) then a 3x3 stride-2 conv doubling the width."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = ChannelLayerNorm(dim, eps=1e-6)
+        self.reduction = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, 2, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduction(self.norm(x))
+
+
+class TokenInitializer(nn.Module):
+    """Carrier tokens: depthwise conv + average pooling of the (padded) stage map, grouped per window."""
+
+    def __init__(self, dim: int, plan: StagePlan, ct_size: int) -> None:
+        super().__init__()
+        self.dim, self.ct_size, self.grid_w = dim, ct_size, plan.carrier_grid[1]
+        conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.pos_embed = conv
+        # The official module registers the same conv a second time; both key pairs are in checkpoints.
+        self.to_global_feature = nn.Sequential()
+        self.to_global_feature.add_module("pos", conv)
+        self.to_global_feature.add_module("pool", nn.AvgPool2d(plan.pool_kernel, plan.pool_stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.to_global_feature(x).permute(0, 2, 3, 1)  # [B, c·a, c·b, C]
+        return window_partition(g, self.ct_size, self.grid_w, self.ct_size, self.dim)  # [B·a·b, c², C]
+
+
+class HatBlock(nn.Module):
+    """Transformer block with optional hierarchical attention over carrier tokens (SPEC.md §3.7)."""
+
+    def __init__(self, dim: int, num_heads: int, plan: StagePlan, ct_size: int, mlp_ratio: float,
+                 qkv_bias: bool, qk_scale: float | None, drop_path_rate: float, layer_scale: float | None,
+                 propagate: bool) -> None:
+        super().__init__()
+        w, c = plan.window, ct_size
+        self.dim, self.window, self.ct_size = dim, w, c
+        self.carriers = plan.has_carriers
+        self.carrier_grid = plan.carrier_grid
+        self.propagate = propagate and self.carriers
+        n_ct = carrier_count(plan, c) if self.carriers else 0
+        scale = (lambda: nn.Parameter(layer_scale * torch.ones(dim))) if layer_scale is not None else (lambda: None)
+        self.gamma3, self.gamma4 = scale(), scale()
+        if self.carriers:
+            self.gamma1, self.gamma2 = scale(), scale()
+        hidden = int(dim * mlp_ratio)
+        self.pos_embed = TokenPositionMLP(dim, w * w)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, w * w + (c * c if self.carriers else 0), w, qkv_bias, qk_scale)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden)
+        self.drop_path = drop_path(drop_path_rate)
+        if self.carriers:
+            self.hat_norm1 = nn.LayerNorm(dim)
+            self.hat_norm2 = nn.LayerNorm(dim)
+            self.hat_attn = Attention(dim, num_heads, n_ct, carrier_bias_grid(plan, c), qkv_bias, qk_scale)
+            self.hat_mlp = Mlp(dim, hidden)
+            self.hat_pos_embed = (
+                TokenPositionMLP(dim, n_ct) if plan.carrier_grid[0] == plan.carrier_grid[1] else None
+            )
+
+    def _branch(self, x: torch.Tensor, gamma: nn.Parameter | None) -> torch.Tensor:
+        return self.drop_path(x if gamma is None else gamma * x)
+
+    def _carrier_attention(self, ct: torch.Tensor) -> torch.Tensor:
+        """Global attention among an image's carriers; returns them re-grouped per window."""
+        a, b = self.carrier_grid
+        c, C = self.ct_size, self.dim
+        ct = window_reverse(ct, a, b, c, c, C).reshape(-1, a * c * b * c, C)  # raster over the carrier grid
+        if self.hat_pos_embed is not None:
+            ct = self.hat_pos_embed(ct)
+        ct = ct + self._branch(self.hat_attn(self.hat_norm1(ct)), self.gamma1)
+        ct = ct + self._branch(self.hat_mlp(self.hat_norm2(ct)), self.gamma2)
+        # Official quirk (SPEC.md §3.7-2d): the raster is re-read as a (b·c) x (a·c) grid. Identical for
+        # square grids; for non-square any-res grids it must be kept to reproduce the released model.
+        return window_partition(ct, c, a, c, C)
+
+    def forward(self, x: torch.Tensor, ct: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.pos_embed(x)
+        if self.carriers:
+            x = torch.cat([self._carrier_attention(ct), x], dim=1)
+        x = x + self._branch(self.attn(self.norm1(x)), self.gamma3)
+        x = x + self._branch(self.mlp(self.norm2(x)), self.gamma4)
+        if self.carriers:
+            ct, x = x.split([self.ct_size**2, self.window**2], dim=1)
+            if self.propagate:
+                up = nearest_upsample_tokens(ct, self.ct_size, self.window, self.dim)
+                x = x + (up if self.gamma1 is None else self.gamma1 * up)
+        return x, ct
+
+
+class FasterViTLayer(nn.Module):
+    """One stage: blocks, optional downsampler, and (HAT stages) the carrier-token initializer."""
+
+    def __init__(self, cfg: FasterViTConfig, plan: StagePlan, drop_path_rates: list[float]) -> None:
+        super().__init__()
+        i, dim = plan.index, plan.width
+        self.plan = plan
+        if plan.transformer:
+            last = cfg.depths[i] - 1
+            blocks = [
+                HatBlock(dim, cfg.num_heads[i], plan, cfg.ct_size, cfg.mlp_ratio, cfg.qkv_bias, cfg.qk_scale,
+                         rate, cfg.layer_scale, propagate=cfg.do_propagation and j == last)
+                for j, rate in enumerate(drop_path_rates)
+            ]
+        else:
+            blocks = [ConvBlock(dim, rate) for rate in drop_path_rates]
+        self.blocks = nn.ModuleList(blocks)
+        self.downsample = Downsample(dim) if i < 3 else None
+        if plan.has_tokenizer:
+            self.global_tokenizer = TokenInitializer(dim, plan, cfg.ct_size)
+
+    def _transformer(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.plan
+        (H, W), (pad_b, pad_r), (rows, cols), w, C = p.size, p.pad, p.windows, p.window, p.width
+        if pad_b or pad_r:
+            x = nn.functional.pad(x, (0, pad_r, 0, pad_b))
+        # With hat on but a single window the official tokenizer runs and its output is unused: skip it.
+        ct = self.global_tokenizer(x) if p.has_carriers else None
+        x = window_partition(x.permute(0, 2, 3, 1), w, cols, w, C)
+        for blk in self.blocks:
+            x, ct = blk(x, ct)
+        x = window_reverse(x, rows, cols, w, w, C)
+        if pad_b or pad_r:
+            x = x[:, :H, :W, :]
+        return x.permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plan.transformer:
+            x = self._transformer(x)
+        else:
+            for blk in self.blocks:
+                x = blk(x)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class FasterViT(nn.Module):
+    def __init__(self, cfg: FasterViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.plans = check_resolution(cfg)
+        self.pretrained_cfg: dict = {}
+        self.patch_embed = PatchEmbed(cfg.in_chans, cfg.in_dim, cfg.dim)
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
+        self.levels = nn.ModuleList()
+        start = 0
+        for plan, depth in zip(self.plans, cfg.depths):
+            self.levels.append(FasterViTLayer(cfg, plan, rates[start : start + depth]))
+            start += depth
+        self.norm = nn.BatchNorm2d(cfg.num_features, eps=1e-5)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+        self.deployed = False
+
+    @property
+    def default_cfg(self) -> dict:
+        return self.pretrained_cfg
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.cfg.resolution
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        # Every reshape is planned for the configured resolution; fail clearly instead of deep inside.
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans or tuple(x.shape[2:]) != self.cfg.resolution:
+            H, W = self.cfg.resolution
+            raise ValueError(
+                f"expected input [B, {self.cfg.in_chans}, {H}, {W}] (the model is built for {H}x{W}), "
+                f"got {list(x.shape)}"
+            )
+
+    def stages(self, x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(name, tensor)`` after the stem, after each stage and after the final norm."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        yield "patch_embed", x
+        for i, level in enumerate(self.levels):
+            x = level(x)
+            yield f"level{i}", x
+        yield "pre_head", self.norm(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for _, x in self.stages(x):
+            pass
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.avgpool(x), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def num_params(self) -> int:
+        """Parameter count with shared parameters counted once (the official figure)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def deploy(self) -> "FasterViT":
+        """Inference form: position biases evaluated into constants, every BatchNorm folded.
+
+        Conv+BN pairs become biased convs and the final BatchNorm moves into the head, so
+        ``forward_features`` then returns the map before that norm. Irreversible; returns self.
+        """
+        if self.deployed:
+            return self
+        self.eval()
+        for module in self.modules():
+            if hasattr(module, "deploy") and module is not self:
+                module.deploy()
+        fuse.fold_batchnorms(self)
+        self.deployed = True
+        return self
+
+    fuse = deploy  # Polygraphy/timm users look for either name
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
