@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FVDEPLOY_SHARED", ROOT.parent / "shared"))
+GOLDEN = SHARED / "golden"
+KEYS = SHARED / "fastervit-spec" / "keys"
+
+# Small FasterViT-architecture configs: every code path of the big ones at a fraction of the cost.
+TINY = dict(dim=32, in_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2, num_classes=10)
+
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+def golden_cases() -> list[str]:
+    if not GOLDEN.is_dir():
+        return []
+    return sorted(p.name for p in GOLDEN.iterdir() if (p / "config.json").is_file())
+
+
+def load_golden(case: str):
+    meta = json.loads((GOLDEN / case / "config.json").read_text())
+    io = torch.load(GOLDEN / case / "io.pt", weights_only=True)
+    return meta, io
+
+
+def require_shared():
+    if not GOLDEN.is_dir():
+        pytest.skip(f"shared golden tensors not found at {GOLDEN}")
+
+
+@pytest.fixture(scope="session")
+def fv0():
+    from fastervit import create_model
+
+    torch.manual_seed(0)
+    return create_model("faster_vit_0_224")
