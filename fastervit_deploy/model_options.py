@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
+import torch
 import typer
 
 from fastervit import FasterViT, create_model, get_entry, suggest_windows
@@ -46,6 +47,9 @@ class ModelSpec:
     window_size: list[int] | None = None
     ct_size: int | None = None
     notes: list[str] = field(default_factory=list)
+    # Without a checkpoint the weights are random but reproducible, so an artifact made in one
+    # command can be verified against PyTorch in another.
+    seed: int = 0
 
     @classmethod
     def from_cli(cls, model: str, checkpoint: Path | None = None, resolution: tuple[int, int] | None = None,
@@ -85,7 +89,10 @@ class ModelSpec:
     def build(self, log: Callable[[str], None] = lambda _: None) -> FasterViT:
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise FvdeployError(f"checkpoint not found: {self.checkpoint}")
-        model = create_model(self.name, **self.overrides())
+        overrides = self.overrides()
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            model = create_model(self.name, **overrides)
         for note in self.notes:
             log(note)
         if self.checkpoint is not None:
@@ -107,5 +114,6 @@ class ModelSpec:
             "num_classes": cfg.num_classes,
             "params": model.num_params(),
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "weights": "checkpoint" if self.checkpoint else f"random (seed {self.seed})",
             "preprocessing": {k: model.pretrained_cfg[k] for k in ("mean", "std", "crop_pct", "crop_mode", "interpolation")},
         }

@@ -1,0 +1,98 @@
+"""Latency and throughput of runners on this machine, measured interleaved so they see the same load."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .progress import progress_bar
+
+
+@dataclass
+class Timing:
+    runner: str
+    batch: int
+    samples_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        s = np.asarray(self.samples_ms)
+        median = float(np.median(s))
+        return {"runner": self.runner, "batch": self.batch, "iterations": int(s.size), "mean_ms": float(s.mean()),
+                "p50_ms": median, "p90_ms": float(np.percentile(s, 90)), "p99_ms": float(np.percentile(s, 99)),
+                "min_ms": float(s.min()), "throughput_ips": self.batch * 1000.0 / median}
+
+
+def measure(runners: dict[str, Callable[[np.ndarray], object]], batches: dict[int, np.ndarray], warmup: int,
+            iterations: int, console: Console | None = None) -> list[dict]:
+    """Round-robin over runners for each batch size: one call each per round, warm-up rounds excluded."""
+    results = []
+    total = len(batches) * (warmup + iterations)
+    with progress_bar(console or Console(stderr=True)) as bar:
+        task = bar.add_task("benchmarking", total=total)
+        for batch_size, batch in batches.items():
+            timings = {name: Timing(name, batch_size) for name in runners}
+            for i in range(warmup + iterations):
+                for name, fn in runners.items():
+                    start = time.perf_counter()
+                    fn(batch)
+                    took = (time.perf_counter() - start) * 1000.0
+                    if i >= warmup:
+                        timings[name].samples_ms.append(took)
+                bar.advance(task)
+            results.extend(t.summary() for t in timings.values())
+    return results
+
+
+def ratios(results: list[dict], baseline: str) -> dict[str, dict[int, float]]:
+    """Speed of every runner relative to ``baseline`` (p50 latency ratio; > 1 means faster)."""
+    base = {r["batch"]: r["p50_ms"] for r in results if r["runner"] == baseline}
+    out: dict[str, dict[int, float]] = {}
+    for r in results:
+        if r["runner"] != baseline and r["batch"] in base:
+            out.setdefault(r["runner"], {})[r["batch"]] = base[r["batch"]] / r["p50_ms"]
+    return out
+
+
+def results_table(results: list[dict], title: str = "latency (ms) and throughput") -> Table:
+    table = Table(title=title)
+    table.add_column("runner")
+    for col in ("batch", "p50", "p90", "p99", "mean", "img/s"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(r["runner"], str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['mean_ms']:.2f}", f"{r['throughput_ips']:.1f}")
+    return table
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(r["runner"] for r in results):
+        rows = sorted((r for r in results if r["runner"] == name), key=lambda r: r["batch"])
+        xs = [r["batch"] for r in rows]
+        ax1.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=name)
+        ax2.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=name)
+    ax1.set(xlabel="batch", ylabel="p50 latency (ms)", title="latency", xscale="log", yscale="log")
+    ax2.set(xlabel="batch", ylabel="images / s", title="throughput", xscale="log")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def synthetic_batches(sizes: Sequence[int], shape: tuple[int, int, int], seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal((n, *shape), dtype=np.float32) for n in sizes}

@@ -1,0 +1,264 @@
+"""Static checks of an ONNX graph for TensorRT-readiness (used by `export-onnx` and `inspect`).
+
+Each check returns a Finding; a graph "passes" when every check with severity "error" is ok.
+The checks read the graph only (no run), so they also work on >2 GB models loaded without data.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx
+from onnx import shape_inference
+
+from .errors import FvdeployError
+
+# Ops the TensorRT 10/11 ONNX parser maps to native layers, restricted to what image models use.
+TRT_NATIVE_OPS = frozenset("""
+Abs Add And ArgMax ArgMin Attention AveragePool BatchNormalization Cast Ceil Clip Concat Constant ConstantOfShape
+Conv ConvTranspose DepthToSpace DequantizeLinear Div Einsum Elu Equal Erf Exp Expand Flatten Floor Gather GatherElements
+GatherND Gelu Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual GroupNormalization HardSigmoid HardSwish Identity
+InstanceNormalization LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax MatMul Max MaxPool Mean Min Mod Mul Neg
+Not Or Pad Pow PRelu QuantizeLinear Range Reciprocal ReduceL2 ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum Relu
+Reshape Resize Selu Shape Sigmoid Sign Silu Sin Size Slice Softmax Softplus SpaceToDepth Split Sqrt Squeeze Sub Sum Tanh
+Tile TopK Transpose Unsqueeze Where Xor
+""".split())
+FORBIDDEN_OPS = ("Shape", "Size", "BatchNormalization", "Gather", "GatherND", "GatherElements", "NonZero", "Loop", "If",
+                 "Scan")
+# (op, index of the input that must be a build-time constant)
+SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Pad": (1, 2),
+                "Slice": (1, 2, 3, 4), "Resize": (1, 2, 3), "Split": (1,), "Range": (0, 1, 2)}
+RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
+PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Cast", "Identity")
+MAX_RANK = 5
+
+
+@dataclass
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    severity: str = "error"  # "error" fails the graph, "info" only reports
+
+
+@dataclass
+class GraphReport:
+    path: str
+    opset: int
+    nodes: int
+    ops: dict[str, int]
+    inputs: list[dict]
+    outputs: list[dict]
+    findings: list[Finding] = field(default_factory=list)
+    attention_blocks: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return all(f.ok for f in self.findings if f.severity == "error")
+
+    def failures(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error" and not f.ok]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+class Graph:
+    """Name lookups over one ONNX graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.nodes = list(model.graph.node)
+        self.initializers = {t.name: t for t in model.graph.initializer}
+        self.producer = {out: n for n in self.nodes for out in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers[i].append(n)
+        self._const: dict[str, bool] = {}
+
+    def is_constant(self, name: str) -> bool:
+        """True when ``name`` does not depend on a graph input (so a builder can fold it)."""
+        if not name or name in self.initializers:  # "" is an omitted optional input
+            return True
+        if name not in self._const:
+            node = self.producer.get(name)
+            self._const[name] = False  # guards against cycles in malformed graphs
+            self._const[name] = node is not None and node.op_type not in RANDOM_OPS and all(
+                self.is_constant(i) for i in node.input
+            )
+        return self._const[name]
+
+    def source(self, name: str) -> onnx.NodeProto | None:
+        """Producer of ``name``, looking through Q/DQ, Cast and Identity."""
+        node = self.producer.get(name)
+        while node is not None and node.op_type in PASS_THROUGH and node.input and not self.is_constant(node.input[0]):
+            node = self.producer.get(node.input[0])
+        return node
+
+    def constant_size(self, name: str) -> int | None:
+        node = self.producer.get(name)
+        while node is not None and node.op_type in PASS_THROUGH:
+            name = node.input[0]
+            node = self.producer.get(name)
+        if name in self.initializers:
+            n = 1
+            for d in self.initializers[name].dims:
+                n *= d
+            return n
+        if node is not None and node.op_type == "Constant":
+            attr = node.attribute[0] if node.attribute else None
+            if attr is not None and attr.name == "value":
+                return math.prod(attr.t.dims)  # a scalar has no dims: 1
+            return 1 if attr is not None and attr.name in ("value_float", "value_int") else None
+        return None
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in shape.dim]
+
+
+def _io(values) -> list[dict]:
+    return [{"name": v.name, "shape": _dims(v), "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+            for v in values]
+
+
+def check_io(g: Graph) -> Finding:
+    problems = []
+    inputs = [i for i in g.model.graph.input if i.name not in g.initializers]
+    if len(inputs) != 1:
+        problems.append(f"{len(inputs)} inputs (expected 1)")
+    for v in list(inputs) + list(g.model.graph.output):
+        dims = _dims(v)
+        if not dims or not isinstance(dims[0], str) or dims[0] == "?":
+            problems.append(f"{v.name}: batch dimension is not symbolic ({dims})")
+        if any(not isinstance(d, int) for d in dims[1:]):
+            problems.append(f"{v.name}: non-batch dimensions must be fixed ({dims})")
+    for v in inputs:
+        if len(_dims(v)) != 4:
+            problems.append(f"{v.name}: expected NCHW")
+    return Finding("io", not problems, "; ".join(problems) or "symbolic batch, fixed C/H/W")
+
+
+def check_forbidden(g: Graph) -> Finding:
+    counts = collections.Counter(n.op_type for n in g.nodes if n.op_type in FORBIDDEN_OPS)
+    return Finding("forbidden-ops", not counts, ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+                   or f"none of {', '.join(FORBIDDEN_OPS)}")
+
+
+def check_runtime_shapes(g: Graph) -> Finding:
+    bad = [f"{n.op_type} {n.name or n.output[0]}" for n in g.nodes if n.op_type in SHAPE_INPUTS
+           for i in SHAPE_INPUTS[n.op_type] if i < len(n.input) and not g.is_constant(n.input[i])]
+    return Finding("runtime-shapes", not bad, f"{len(bad)} shape inputs computed at run time: {', '.join(bad[:5])}"
+                   if bad else "every Reshape/Expand/Tile/Pad/Slice/Resize shape is a constant")
+
+
+def check_rank(g: Graph) -> Finding:
+    try:
+        inferred = shape_inference.infer_shapes(g.model, strict_mode=False)
+    except Exception as err:  # noqa: BLE001 - report, don't crash the inspection
+        return Finding("rank", False, f"shape inference failed: {err}".splitlines()[0])
+    ranks = {v.name: len(_dims(v)) for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    high = sorted(n for n, r in ranks.items() if r > MAX_RANK)
+    unknown = sum(1 for n in g.nodes for o in n.output if o not in ranks and o not in g.initializers)
+    detail = f"max rank {max(ranks.values(), default=0)}" + (f" ({unknown} outputs without inferred shape)" if unknown else "")
+    return Finding("rank", not high, f"rank > {MAX_RANK}: {', '.join(high[:5])}" if high else detail)
+
+
+def find_attention(g: Graph) -> tuple[int, list[str]]:
+    """Count Mul(q, scale) → MatMul → Add(constant bias) → Softmax → MatMul chains; list the others."""
+    good, bad = 0, []
+    for sm in (n for n in g.nodes if n.op_type == "Softmax"):
+        add = g.source(sm.input[0])
+        why = None
+        if add is None or add.op_type != "Add":
+            why = "no bias Add before Softmax"
+        else:
+            mm_in = [i for i in add.input if not g.is_constant(i)]
+            bias_in = [i for i in add.input if g.is_constant(i)]
+            mm = g.source(mm_in[0]) if len(mm_in) == 1 else None
+            if not bias_in:
+                why = "bias is not a constant"
+            elif mm is None or mm.op_type != "MatMul":
+                why = "no MatMul before the bias Add"
+            else:
+                scaled = [g.source(i) for i in mm.input]
+                if not any(s is not None and s.op_type == "Mul" and any(g.constant_size(x) == 1 for x in s.input)
+                           for s in scaled):
+                    why = "scale is not applied to q or k before q·kᵀ"
+        if why is None and not any(c.op_type == "MatMul" for o in sm.output for c in _consumers_through(g, o)):
+            why = "Softmax does not feed a MatMul"
+        if why is None:
+            good += 1
+        else:
+            bad.append(f"{sm.name or sm.output[0]}: {why}")
+    return good, bad
+
+
+def _consumers_through(g: Graph, name: str) -> list[onnx.NodeProto]:
+    out = []
+    for c in g.consumers.get(name, []):
+        out.extend(_consumers_through(g, c.output[0]) if c.op_type in PASS_THROUGH else [c])
+    return out
+
+
+def check_attention(g: Graph) -> tuple[Finding, int]:
+    good, bad = find_attention(g)
+    if bad:
+        return Finding("attention", False, f"{len(bad)} of {good + len(bad)} attention blocks off-pattern: {bad[0]}"), good
+    return Finding("attention", True, f"{good} blocks Mul(q,scale)→MatMul→Add(const)→Softmax→MatMul"), good
+
+
+def check_layernorm(g: Graph) -> Finding:
+    ops = collections.Counter(n.op_type for n in g.nodes)
+    decomposed = ops.get("ReduceMean", 0) and (ops.get("Pow", 0) or ops.get("Sqrt", 0))
+    return Finding("layernorm", not decomposed,
+                   "LayerNorm decomposed into ReduceMean/Pow/Sqrt" if decomposed
+                   else f"{ops.get('LayerNormalization', 0)} native LayerNormalization")
+
+
+def check_trt_ops(g: Graph) -> Finding:
+    other = sorted({n.op_type for n in g.nodes if n.op_type not in TRT_NATIVE_OPS or n.domain not in ("", "ai.onnx")})
+    return Finding("tensorrt-ops", not other, f"not native in TensorRT: {', '.join(other)}" if other
+                   else "every op has a native TensorRT layer")
+
+
+CHECKS: tuple[Callable[[Graph], Finding], ...] = (check_io, check_forbidden, check_runtime_shapes, check_rank,
+                                                  check_layernorm, check_trt_ops)
+
+
+def load_graph(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise FvdeployError(f"ONNX file not found: {path}")
+    try:
+        # Structure only: external weights (>2 GB models) are not needed for the checks.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf raises several types
+        raise FvdeployError(f"{path.name} is not an ONNX model ({type(err).__name__})") from None
+    if not model.graph.node:
+        raise FvdeployError(f"{path.name} is not an ONNX model (no graph nodes)")
+    return model
+
+
+def inspect_model(model: onnx.ModelProto, path: str | Path = "") -> GraphReport:
+    g = Graph(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    report = GraphReport(str(path), opset, len(g.nodes),
+                         dict(collections.Counter(n.op_type for n in g.nodes).most_common()),
+                         _io(i for i in model.graph.input if i.name not in g.initializers), _io(model.graph.output))
+    report.findings = [check(g) for check in CHECKS]
+    attention, report.attention_blocks = check_attention(g)
+    report.findings.insert(4, attention)
+    return report
+
+
+def inspect_path(path: str | Path) -> GraphReport:
+    return inspect_model(load_graph(path), path)

@@ -1,0 +1,87 @@
+"""Backends as loader/runner pairs: each runner maps an NCHW float32 batch to logits (numpy)."""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import FvdeployError
+
+
+class Runner(abc.ABC):
+    """Activate once (load the artifact), then ``infer`` many times."""
+
+    name = "runner"
+    precision = "fp32"
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def activate(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def deactivate(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRunner(Runner):
+    name = "pytorch"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+
+    @torch.no_grad()
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 threads: int | None = None) -> None:
+        self.path, self.providers, self.threads = Path(path), providers, threads
+        self.session = None
+
+    def activate(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=list(self.providers))
+        except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
+            raise FvdeployError(f"onnxruntime cannot load {self.path.name}: {str(err).splitlines()[0]}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.precision = _onnx_precision(self.path)
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def _onnx_precision(path: Path) -> str:
+    """Read the precision fvdeploy recorded in the model's metadata (fp32 when absent)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}.get("fvdeploy.precision", "fp32")
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
