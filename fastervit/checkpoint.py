@@ -56,8 +56,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
-        raise CheckpointError(f"refusing to load {path.name}: not a weights-only checkpoint ({first})") from None
+        culprit = next((line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()), None)
+        if culprit is None:  # not a pickle at all, or a damaged one
+            raise CheckpointError(f"cannot read checkpoint {path.name}: not a PyTorch checkpoint") from None
+        raise CheckpointError(f"refusing to load {path.name}: not a weights-only checkpoint ({culprit})") from None
     except Exception as err:  # zip/EOF/format errors from torch.load
         raise CheckpointError(f"cannot read checkpoint {path.name}: {type(err).__name__}: {err}".splitlines()[0]) from None
     if not isinstance(obj, Mapping):
@@ -135,13 +137,20 @@ def match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tup
     return merged, report
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load an official or fvdeploy checkpoint into ``model`` (see :func:`match_state_dict`)."""
+def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, Any]) -> LoadReport:
+    """Load an official or fvdeploy checkpoint (a path, or what :func:`read_checkpoint` returned)."""
     if getattr(model, "deployed", False):
         raise CheckpointError("load weights before deploy(): the deployed model has folded norms")
-    merged, report = match_state_dict(model, extract_state_dict(read_checkpoint(path)))
+    obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
+    merged, report = match_state_dict(model, extract_state_dict(obj))
     model.load_state_dict(merged, strict=True)
     return report
+
+
+def saved_config(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Architecture stored by :func:`save_checkpoint` (empty for official checkpoints)."""
+    meta = obj.get("fvdeploy")
+    return dict(meta.get("config") or {}) if isinstance(meta, Mapping) else {}
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: Any) -> None:

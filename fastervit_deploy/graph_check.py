@@ -186,6 +186,10 @@ def find_attention(g: Graph) -> tuple[int, list[str]]:
             mm = g.source(mm_in[0]) if len(mm_in) == 1 else None
             if not bias_in:
                 why = "bias is not a constant"
+            elif mm is not None and mm.op_type == "Mul" and any(
+                (g.source(i) is not None and g.source(i).op_type == "MatMul") for i in mm.input
+            ):
+                why = "scale is applied after q·kᵀ (TensorRT's MHA fusion wants it on q or k)"
             elif mm is None or mm.op_type != "MatMul":
                 why = "no MatMul before the bias Add"
             else:

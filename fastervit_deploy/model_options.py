@@ -9,7 +9,8 @@ from typing import Annotated, Callable, Optional
 import torch
 import typer
 
-from fastervit import FasterViT, create_model, get_entry, suggest_windows
+from fastervit import FasterViT, create_model, get_entry, load_checkpoint, read_checkpoint, suggest_windows
+from fastervit.checkpoint import saved_config
 from fastervit.geometry import runtime_stage_sizes
 
 from .errors import FvdeployError
@@ -50,6 +51,7 @@ class ModelSpec:
     # Without a checkpoint the weights are random but reproducible, so an artifact made in one
     # command can be verified against PyTorch in another.
     seed: int = 0
+    extra: dict = field(default_factory=dict)  # further constructor overrides (API use, tiny test models)
 
     @classmethod
     def from_cli(cls, model: str, checkpoint: Path | None = None, resolution: tuple[int, int] | None = None,
@@ -63,7 +65,7 @@ class ModelSpec:
 
     def overrides(self) -> dict:
         entry = get_entry(self.name)
-        out: dict = {}
+        out: dict = dict(self.extra)
         if self.resolution is not None:
             if not entry.config.any_res and self.resolution[0] != self.resolution[1]:
                 raise FvdeployError(
@@ -73,8 +75,8 @@ class ModelSpec:
             out["resolution"] = self.resolution
         if self.window_size is not None:
             out["window_size"] = self.window_size * 4 if len(self.window_size) == 1 else self.window_size
-        elif entry.config.any_res:
-            res = self.resolution or entry.config.resolution
+        elif entry.config.any_res and "window_size" not in out:
+            res = self.resolution or tuple(out.get("resolution", entry.config.resolution))
             chosen = suggest_windows(res)
             sizes = runtime_stage_sizes(res)
             out["window_size"] = chosen
@@ -87,18 +89,19 @@ class ModelSpec:
         return out
 
     def build(self, log: Callable[[str], None] = lambda _: None) -> FasterViT:
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise FvdeployError(f"checkpoint not found: {self.checkpoint}")
+        ckpt = read_checkpoint(self.checkpoint) if self.checkpoint is not None else None
+        if ckpt is not None:
+            # fvdeploy checkpoints carry their architecture; command-line options still win.
+            arch = {k: v for k, v in saved_config(ckpt).items() if k != "any_res"}
+            self.extra = {**arch, **self.extra}
         overrides = self.overrides()
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             model = create_model(self.name, **overrides)
         for note in self.notes:
             log(note)
-        if self.checkpoint is not None:
-            from fastervit import load_checkpoint
-
-            report = load_checkpoint(model, self.checkpoint)
+        if ckpt is not None:
+            report = load_checkpoint(model, ckpt)
             self.notes.append(report.summary())
             log(f"checkpoint: {report.summary()}")
         return model.eval()

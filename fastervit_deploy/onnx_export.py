@@ -72,6 +72,7 @@ def torch_export(model: FasterViT, path: Path, opts: ExportOptions) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # the any-res crop Slice
         torch.onnx.export(
             model, (dummy,), str(path), dynamo=False, opset_version=opts.opset, do_constant_folding=True,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

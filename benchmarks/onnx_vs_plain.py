@@ -1,0 +1,63 @@
+"""`make bench`: our ONNX export vs a plain `torch.onnx.export` of the same weights, and PyTorch eager.
+
+All three run on this machine's CPU, interleaved round by round so they share the same load.
+"plain" is what a user gets from `torch.onnx.export(model, ...)` (torch's default exporter, dynamic
+batch) on the same nn.Module without `deploy()` (position MLPs, BatchNorms and bias gathers stay in
+the graph) and without simplification. Goal: ours >= 1.15x plain at batch 1 and 8.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from fastervit_deploy.benchmark import measure, ratios, results_table, synthetic_batches
+from fastervit_deploy.model_options import ModelSpec
+from fastervit_deploy.onnx_export import ExportOptions, export_onnx
+from fastervit_deploy.progress import Steps
+from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
+
+GOAL = 1.15
+BATCHES = (1, 8)
+OUT = Path("build/bench")
+
+
+def plain_export(model: torch.nn.Module, path: Path) -> None:
+    x = torch.randn(2, 3, *model.input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
+
+
+def main() -> int:
+    console = Console(stderr=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    spec = ModelSpec("faster_vit_0_224")
+    ours = OUT / "faster_vit_0_224_fvdeploy.onnx"
+    export_onnx(spec, ours, ExportOptions(verify=False), Steps(console), overwrite=True)
+    plain = OUT / "faster_vit_0_224_plain.onnx"
+    eager = ModelSpec("faster_vit_0_224").build()  # same seed, same weights
+    plain_export(eager, plain)
+
+    batches = synthetic_batches(BATCHES, (3, 224, 224))
+    with OnnxRuntimeRunner(ours) as a, OnnxRuntimeRunner(plain) as b:
+        results = measure({"fvdeploy-onnx": a.infer, "plain-onnx": b.infer, "pytorch-eager": TorchRunner(eager).infer},
+                          batches, warmup=5, iterations=30, console=console)
+    out = Console()
+    out.print(results_table(results, "FasterViT-0 224, onnxruntime CPU vs PyTorch eager"))
+    speed = ratios(results, "plain-onnx")["fvdeploy-onnx"]
+    eager_speed = ratios(results, "pytorch-eager")["fvdeploy-onnx"]
+    for n in BATCHES:
+        verdict = "meets" if speed[n] >= GOAL else "MISSES"
+        out.print(f"batch {n}: fvdeploy/plain {speed[n]:.2f}x ({verdict} the {GOAL}x goal), "
+                  f"fvdeploy/eager {eager_speed[n]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
