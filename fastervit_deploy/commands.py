@@ -191,3 +191,31 @@ def benchmark_cmd(
     if plot_path is not None:
         plot(results, plot_path)
         console.print(f"plot written to {plot_path}")
+
+
+@command("quantize")
+def quantize_cmd(
+    onnx_path: Annotated[Path, typer.Argument(help="FP32 ONNX from `fvdeploy export-onnx`.", metavar="MODEL.onnx")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 graph, fp32 inputs/outputs.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 Q/DQ graph (needs --calib-dir or a cache).")] = False,
+    calib_dir: Annotated[Optional[Path], typer.Option(help="Folder of real calibration images.")] = None,
+    calib_images: Annotated[int, typer.Option(help="Use at most this many calibration images.")] = 512,
+    method: Annotated[str, typer.Option(help="Calibration: entropy | max | percentile.")] = "entropy",
+    calib_cache: Annotated[Optional[Path], typer.Option(help="Scales cache: written after calibrating, reused when present.")] = None,
+    exclude: Annotated[list[str], typer.Option(help="Node-name pattern to keep out of INT8 (repeatable).")] = [],  # noqa: B006
+    backend: Annotated[str, typer.Option(help="auto (ModelOpt if installed) | modelopt | onnxruntime.")] = "auto",
+    keep_fp32: Annotated[list[str], typer.Option(help="Op type kept in fp32 (repeatable; default LayerNormalization).")] = [],  # noqa: B006
+    images: ImagesOpt = None,
+    output: OutputOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Make a precision-ready ONNX for TensorRT: FP16, or calibrated INT8 Q/DQ with the rest in FP16."""
+    from .fp16 import DEFAULT_FP32_OPS
+    from .quantize import QuantizeOptions, quantize
+
+    if fp16 == int8:
+        raise FvdeployError("choose exactly one of --fp16 and --int8")
+    opts = QuantizeOptions("fp16" if fp16 else "int8", calib_dir, calib_images, method, calib_cache, list(exclude),
+                           backend, tuple(keep_fp32) or DEFAULT_FP32_OPS, images)
+    result = quantize(onnx_path, output, opts, Steps(console), overwrite)
+    console.print(f"wrote {result['output']} and {result['output'].name}.json", highlight=False)
