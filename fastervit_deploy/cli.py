@@ -41,7 +41,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 if _state["debug"]:
                     raise
                 message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                console.print(f"error: {message}", markup=False, style="red")
+                console.print(f"error: {message}", markup=False, style="red", soft_wrap=True)
                 raise typer.Exit(getattr(err, "exit_code", 2)) from None
             except KeyboardInterrupt:
                 console.print("interrupted", style="red")

@@ -219,3 +219,46 @@ def quantize_cmd(
                            backend, tuple(keep_fp32) or DEFAULT_FP32_OPS, images)
     result = quantize(onnx_path, output, opts, Steps(console), overwrite)
     console.print(f"wrote {result['output']} and {result['output'].name}.json", highlight=False)
+
+
+@command("build-trt")
+def build_trt_cmd(
+    onnx_path: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX to build (from export-onnx or quantize).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Or: export this variant first.")] = None,
+    checkpoint: CheckpointOpt = None,
+    resolution: ResolutionOpt = None,
+    window_size: WindowOpt = None,
+    ct_size: CtSizeOpt = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 engine (quantizes the ONNX first).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 engine from a calibrated Q/DQ ONNX.")] = False,
+    calib_dir: Annotated[Optional[Path], typer.Option(help="Calibration images for --int8.")] = None,
+    calib_images: Annotated[int, typer.Option(help="Use at most this many calibration images.")] = 512,
+    method: Annotated[str, typer.Option(help="Calibration: entropy | max | percentile.")] = "entropy",
+    calib_cache: Annotated[Optional[Path], typer.Option(help="Calibration cache (reused when present).")] = None,
+    min_batch: Annotated[int, typer.Option(help="Profile minimum batch.")] = 1,
+    opt_batch: Annotated[int, typer.Option(help="Profile batch TensorRT tunes for.")] = 8,
+    max_batch: Annotated[int, typer.Option(help="Profile maximum batch.")] = 64,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="Timing cache file: loaded if present, saved after.")] = None,
+    workspace: Annotated[Optional[float], typer.Option(help="Workspace memory limit in GiB.")] = None,
+    opt_level: Annotated[Optional[int], typer.Option(help="Builder optimization level 0-5 (TensorRT default 3).")] = None,
+    version_compatible: Annotated[bool, typer.Option(help="Engine loadable by later TensorRT versions.")] = False,
+    output: OutputOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Build a TensorRT engine (TensorRT 10 or 11, strongly typed; precision comes from the ONNX)."""
+    from .quantize import QuantizeOptions
+    from .tensorrt_build import BuildOptions, TrtRequest, build_trt
+
+    if (onnx_path is None) == (model is None):
+        raise FvdeployError("give exactly one of --onnx and --model")
+    if fp16 and int8:
+        raise FvdeployError("choose at most one of --fp16 and --int8")
+    precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+    spec = ModelSpec.from_cli(model, checkpoint, resolution, window_size, ct_size) if model else None
+    request = TrtRequest(
+        onnx_path, spec, BuildOptions(min_batch, opt_batch, max_batch, timing_cache, workspace, opt_level, version_compatible),
+        QuantizeOptions(precision, calib_dir, calib_images, method, calib_cache) if precision != "fp32" else None,
+        output, overwrite,
+    )
+    result = build_trt(request, Steps(console), console)
+    console.print(f"wrote {result['output']} and {result['output'].name}.json", highlight=False)

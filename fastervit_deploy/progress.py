@@ -25,7 +25,7 @@ class Steps:
         self.console.print(f"[green]✓[/green] {title} [dim]({took:.1f} s)[/dim]", highlight=False)
 
     def note(self, message: str) -> None:
-        self.console.print(f"  {message}", markup=False, highlight=False)
+        self.console.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def progress_bar(console: Console) -> Progress:
