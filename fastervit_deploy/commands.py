@@ -130,7 +130,7 @@ def verify_cmd(
     """Compare an artifact with PyTorch on real images: errors, cosine, top-1/top-5 agreement."""
     from .formats import runner_for
     from .images import batch_of, load_batch
-    from .runners import TorchRunner
+    from .runners import reference_fn
     from .verify import describe, run_parity, tolerance_for
 
     if batch < 1:
@@ -143,7 +143,8 @@ def verify_cmd(
         images = batch_of(load_batch(torch_model.input_size, torch_model.pretrained_cfg, images), batch)
     with steps(f"running {runner.name}"), runner:
         prec = precision or side.get("precision") or runner.precision
-        result = run_parity(TorchRunner(torch_model).infer, runner, [images], tolerance_for(prec, max_abs, min_cosine, min_top1))
+        tol = tolerance_for(prec, max_abs, min_cosine, min_top1)
+        result = run_parity(reference_fn(torch_model, runner.outputs), runner, [images], tol)
     result.update(artifact=str(artifact), runner=runner.name, precision=prec, model=spec.name)
     steps.note(f"{prec}: {describe(result['overall'])}")
     write_json(json_path, result)
@@ -261,4 +262,36 @@ def build_trt_cmd(
         output, overwrite,
     )
     result = build_trt(request, Steps(console), console)
+    console.print(f"wrote {result['output']} and {result['output'].name}.json", highlight=False)
+
+
+@command("coreml")
+def coreml_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered variant (see `fvdeploy models`).")],
+    checkpoint: CheckpointOpt = None,
+    resolution: ResolutionOpt = None,
+    window_size: WindowOpt = None,
+    ct_size: CtSizeOpt = None,
+    precision: Annotated[str, typer.Option(help="fp16 | fp32 compute precision.")] = "fp16",
+    max_batch: Annotated[int, typer.Option(help="Flexible batch 1..N (1: fixed).")] = 1,
+    compute_units: Annotated[str, typer.Option(help="all | cpu_and_ne | cpu_and_gpu | cpu_only (default at load).")] = "all",
+    deployment_target: Annotated[str, typer.Option(help="Minimum OS: iOS16..iOS18, macOS13..macOS15.")] = "iOS17",
+    raw_logits: Annotated[bool, typer.Option("--raw-logits", help="Output logits instead of a classifier.")] = False,
+    resolutions: Annotated[list[str], typer.Option("--resolutions", help="Extra HxW (any-res; one function each; iOS18+).")] = [],  # noqa: B006
+    output: OutputOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Convert to a Core ML ML Program (.mlpackage): image in, ImageNet classes (or logits) out."""
+    from .coreml_export import CoreMLOptions, export_coreml
+
+    extra = []
+    for text in resolutions:
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise FvdeployError(f"--resolutions takes HxW, got {text!r}") from None
+        extra.append((h, w))
+    spec = ModelSpec.from_cli(model, checkpoint, resolution, window_size, ct_size)
+    opts = CoreMLOptions(precision, max_batch, compute_units, deployment_target, raw_logits, extra)
+    result = export_coreml(spec, output, opts, Steps(console), overwrite)
     console.print(f"wrote {result['output']} and {result['output'].name}.json", highlight=False)

@@ -17,6 +17,7 @@ class Runner(abc.ABC):
 
     name = "runner"
     precision = "fp32"
+    outputs = "logits"  # or "probabilities" (a Core ML classifier)
 
     def __enter__(self) -> "Runner":
         self.activate()
@@ -85,3 +86,11 @@ def _onnx_precision(path: Path) -> str:
 
 def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def reference_fn(model: torch.nn.Module, outputs: str = "logits"):
+    """PyTorch reference in the artifact's output space (a classifier package returns probabilities)."""
+    run = TorchRunner(model).infer
+    if outputs != "probabilities":
+        return run
+    return lambda batch: torch.from_numpy(run(batch)).softmax(-1).numpy()

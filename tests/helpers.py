@@ -16,6 +16,9 @@ from fastervit_deploy.progress import Steps
 from .conftest import TINY
 
 
+QUIET_STEPS = Steps(Console(quiet=True))
+
+
 def cli(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
 
@@ -38,4 +41,4 @@ def tiny_spec(name: str = "faster_vit_0_224", **extra) -> ModelSpec:
 
 def export_tiny(tmp_path: Path, name: str = "faster_vit_0_224", opts: ExportOptions | None = None, **extra) -> dict:
     spec = tiny_spec(name, **extra)
-    return export_onnx(spec, tmp_path / f"{name}.onnx", opts or ExportOptions(), Steps(Console(quiet=True)))
+    return export_onnx(spec, tmp_path / f"{name}.onnx", opts or ExportOptions(), QUIET_STEPS)
