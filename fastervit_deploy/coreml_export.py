@@ -269,9 +269,7 @@ def save_multifunction(ct, spec: ModelSpec, opts: CoreMLOptions, steps: Steps, m
     work.mkdir()
     desc = ct.utils.MultiFunctionDescriptor()
     for i, (h, w) in enumerate([size, *opts.resolutions]):
-        mlmodel = main if i == 0 else build_function(
-            ct, ModelSpec(spec.name, spec.checkpoint, (h, w), spec.window_size, spec.ct_size, seed=spec.seed,
-                          extra=spec.extra), opts, steps, f" {h}x{w}")[1]
+        mlmodel = main if i == 0 else build_function(ct, spec.copy(resolution=(h, w)), opts, steps, f" {h}x{w}")[1]
         path = work / f"r{h}x{w}.mlpackage"
         mlmodel.save(str(path))
         desc.add_function(str(path), src_function_name="main", target_function_name=f"main_{h}x{w}")
@@ -329,8 +327,7 @@ def predict_parity(path: Path, spec: ModelSpec, model: FasterViT, opts: CoreMLOp
     from .images import load_batch
     from .verify import TOLERANCES, describe, run_parity
 
-    reference = ModelSpec(spec.name, spec.checkpoint, spec.resolution, spec.window_size, spec.ct_size,
-                          seed=spec.seed, extra=spec.extra).build()
+    reference = spec.copy().build()  # unmodified: the package's copy had 1/std folded into its stem
     batch = load_batch(model.input_size, model.pretrained_cfg)
     with steps("Core ML predictions vs PyTorch"), CoreMLRunner(path) as runner:
         ref = reference_fn(reference, runner.outputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -52,6 +53,10 @@ class ModelSpec:
     # command can be verified against PyTorch in another.
     seed: int = 0
     extra: dict = field(default_factory=dict)  # further constructor overrides (API use, tiny test models)
+
+    def copy(self, **changes) -> "ModelSpec":
+        """The same model request (e.g. at another resolution), without the notes of earlier builds."""
+        return dataclasses.replace(self, notes=[], extra=dict(self.extra), **changes)
 
     @classmethod
     def from_cli(cls, model: str, checkpoint: Path | None = None, resolution: tuple[int, int] | None = None,

@@ -178,6 +178,7 @@ def export_onnx(spec: ModelSpec, output: Path | None, opts: ExportOptions, steps
             "format": "onnx", **spec.describe(model), "opset": opts.opset, "precision": "fp32",
             "batch_range": [opts.min_batch, opts.max_batch], "input": INPUT_NAME, "output": OUTPUT_NAME,
             "external_data": external, "simplifier": opts.simplify,
+            "external_data_sha256": sha256(tmp.with_name(tmp.name + ".data")) if external else None,
             "checkpoint_sha256": sha256(spec.checkpoint) if spec.checkpoint else None,
             "graph": report.to_dict(), "parity": parity, "options": {k: str(v) for k, v in asdict(opts).items()},
             "notes": spec.notes, "timings_s": steps.timings,

@@ -207,6 +207,7 @@ def build_trt(req: TrtRequest, steps: Steps, console: Console) -> dict:
     if req.quant:
         req.quant.validate()
     source, final, plan, profile = _plan_paths(req)
+    check_output_path(plan, req.overwrite)  # before any slow step
     needed = [f"`fvdeploy export-onnx --model {req.spec.name} -o {source}`"] if req.onnx is None else []
     if final != source:
         calib = " --calib-dir DIR" if req.precision == "int8" else ""

@@ -16,7 +16,8 @@ from fastervit_deploy.progress import Steps
 from .conftest import TINY
 
 
-QUIET_STEPS = Steps(Console(quiet=True))
+def quiet_steps() -> Steps:
+    return Steps(Console(quiet=True))
 
 
 def cli(*args: str):
@@ -41,4 +42,4 @@ def tiny_spec(name: str = "faster_vit_0_224", **extra) -> ModelSpec:
 
 def export_tiny(tmp_path: Path, name: str = "faster_vit_0_224", opts: ExportOptions | None = None, **extra) -> dict:
     spec = tiny_spec(name, **extra)
-    return export_onnx(spec, tmp_path / f"{name}.onnx", opts or ExportOptions(), QUIET_STEPS)
+    return export_onnx(spec, tmp_path / f"{name}.onnx", opts or ExportOptions(), quiet_steps())

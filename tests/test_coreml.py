@@ -11,7 +11,7 @@ from fastervit import create_model
 from fastervit_deploy.coreml_export import CoreMLOptions, ImageClassifier, class_names, export_coreml
 from fastervit_deploy.model_options import ModelSpec
 
-from .helpers import QUIET_STEPS, assert_one_line_error, cli, tiny_spec
+from .helpers import quiet_steps, assert_one_line_error, cli, tiny_spec
 
 ct = pytest.importorskip("coremltools")
 
@@ -56,7 +56,7 @@ def test_fastervit0_classifier_package(tmp_path):
 def test_any_res_raw_logits_fp32(tmp_path):
     spec = ModelSpec("faster_vit_0_any_res", resolution=(160, 288), window_size=[7, 7, 12, 6],
                      extra=dict(dim=32, in_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], num_classes=10))
-    result = export_coreml(spec, tmp_path / "ar.mlpackage", CoreMLOptions(precision="fp32", raw_logits=True), QUIET_STEPS)
+    result = export_coreml(spec, tmp_path / "ar.mlpackage", CoreMLOptions(precision="fp32", raw_logits=True), quiet_steps())
     check = result["record"]["spec_check"]
     assert check["passed"] and check["outputs"] == ["logits"] and not check["flexible_batch"]
     assert "FLOAT16" not in check["const_types"] and {"pad", "slice_by_index"} <= set(check["ops"])  # window padding
@@ -65,7 +65,7 @@ def test_any_res_raw_logits_fp32(tmp_path):
 def test_multifunction_package_for_several_resolutions(tmp_path):
     spec = tiny_spec("faster_vit_0_any_res", resolution=[160, 288], window_size=[7, 7, 7, 7])
     opts = CoreMLOptions(deployment_target="iOS18", resolutions=[(224, 224)])
-    result = export_coreml(spec, tmp_path / "mf.mlpackage", opts, QUIET_STEPS)
+    result = export_coreml(spec, tmp_path / "mf.mlpackage", opts, quiet_steps())
     check = result["record"]["spec_check"]
     assert check["passed"] and check["functions"] == ["main_160x288", "main_224x224"]
 
@@ -86,7 +86,7 @@ def test_coreml_bad_input(tmp_path):
 @pytest.mark.skipif(platform.system() == "Darwin", reason="checks the explanation given off macOS")
 def test_verify_mlpackage_explains_itself_off_macos(tmp_path):
     spec = tiny_spec()
-    export_coreml(spec, tmp_path / "t.mlpackage", CoreMLOptions(), QUIET_STEPS)
+    export_coreml(spec, tmp_path / "t.mlpackage", CoreMLOptions(), quiet_steps())
     assert_one_line_error(cli("verify", tmp_path / "t.mlpackage", "--model", "faster_vit_0_224"),
                           r"Core ML predictions need macOS", code=3)
 

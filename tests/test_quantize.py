@@ -7,20 +7,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
-from rich.console import Console
 
 from fastervit_deploy.datasets import digits_split, to_batch, write_folder
 from fastervit_deploy.graph_check import Graph, inspect_path
 from fastervit_deploy.model_options import ModelSpec
 from fastervit_deploy.onnx_export import ExportOptions, export_onnx
-from fastervit_deploy.progress import Steps
 from fastervit_deploy.quantize import QuantizeOptions, modelopt_available, quantize
 from fastervit_deploy.runners import OnnxRuntimeRunner
 
-from .helpers import assert_one_line_error, cli
+from .helpers import assert_one_line_error, cli, quiet_steps
 
 DIGITS_CKPT = Path(__file__).resolve().parents[1] / "fastervit_deploy" / "data" / "digits_fastervit.pth.tar"
-QUIET = Steps(Console(quiet=True))
 BACKENDS = ["onnxruntime"] + (["modelopt"] if modelopt_available() else [])
 
 
@@ -29,7 +26,7 @@ def digits(tmp_path_factory):
     """The committed digits model exported to ONNX, a calibration folder (train split), the test split."""
     root = tmp_path_factory.mktemp("digits")
     spec = ModelSpec("faster_vit_0_224", checkpoint=DIGITS_CKPT)
-    fp32 = export_onnx(spec, root / "digits.onnx", ExportOptions(verify=False), QUIET)["output"]
+    fp32 = export_onnx(spec, root / "digits.onnx", ExportOptions(verify=False), quiet_steps())["output"]
     train, _, test, y_test = digits_split()
     calib = write_folder(train, root / "calib")
     model = ModelSpec("faster_vit_0_224", checkpoint=DIGITS_CKPT).build()
@@ -44,7 +41,7 @@ def accuracy(path, x, y):
 
 
 def test_fp16_accuracy_drop_within_0_2_points(digits):
-    out = quantize(digits["fp32"], digits["root"] / "fp16.onnx", QuantizeOptions("fp16"), QUIET)["output"]
+    out = quantize(digits["fp32"], digits["root"] / "fp16.onnx", QuantizeOptions("fp16"), quiet_steps())["output"]
     base, half = accuracy(digits["fp32"], digits["x"], digits["y"]), accuracy(out, digits["x"], digits["y"])
     print(f"digits held-out: fp32 {base:.4f}, fp16 {half:.4f} ({len(digits['y'])} images)")
     assert base >= 0.97  # the committed model is trained, so the drop below means something
@@ -66,7 +63,7 @@ def test_fp16_accuracy_drop_within_0_2_points(digits):
 def test_int8_accuracy_drop_within_1_point_and_tensorrt_placement(digits, backend):
     cache = digits["root"] / f"{backend}.cache"
     opts = QuantizeOptions("int8", calib_dir=digits["calib"], backend=backend, calib_cache=cache)
-    out = quantize(digits["fp32"], digits["root"] / f"int8_{backend}.onnx", opts, QUIET)["output"]
+    out = quantize(digits["fp32"], digits["root"] / f"int8_{backend}.onnx", opts, quiet_steps())["output"]
     base, q = accuracy(digits["fp32"], digits["x"], digits["y"]), accuracy(out, digits["x"], digits["y"])
     print(f"digits held-out: fp32 {base:.4f}, int8/{backend} {q:.4f}")
     assert (base - q) * 100 <= 1.0
@@ -97,7 +94,7 @@ def test_int8_accuracy_drop_within_1_point_and_tensorrt_placement(digits, backen
 
     # Rebuild from the cache only: no calibration images, the same scales.
     again = quantize(digits["fp32"], digits["root"] / f"cached_{backend}.onnx",
-                     QuantizeOptions("int8", backend=backend, calib_cache=cache), QUIET)["output"]
+                     QuantizeOptions("int8", backend=backend, calib_cache=cache), quiet_steps())["output"]
     scales = lambda p: {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer if "scale" in t.name}  # noqa: E731
     a, b = scales(out), scales(again)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -107,7 +104,7 @@ def test_int8_accuracy_drop_within_1_point_and_tensorrt_placement(digits, backen
 def test_exclude_keeps_nodes_out_of_int8(digits):
     opts = QuantizeOptions("int8", calib_dir=digits["calib"], calib_images=64, backend="onnxruntime",
                            exclude=["/head/*", "/levels.3/*"])
-    out = quantize(digits["fp32"], digits["root"] / "excl.onnx", opts, QUIET)["output"]
+    out = quantize(digits["fp32"], digits["root"] / "excl.onnx", opts, quiet_steps())["output"]
     g = Graph(onnx.load(str(out)))
     for n in g.nodes:
         if n.name.startswith(("/head/", "/levels.3/")) and n.op_type in ("MatMul", "Gemm"):
@@ -117,7 +114,7 @@ def test_exclude_keeps_nodes_out_of_int8(digits):
 def test_fastervit0_int8_cosine_on_photos(tmp_path):
     from fastervit_deploy.images import skimage_photos
 
-    fp32 = export_onnx(ModelSpec("faster_vit_0_224"), tmp_path / "fv0.onnx", ExportOptions(verify=False), QUIET)["output"]
+    fp32 = export_onnx(ModelSpec("faster_vit_0_224"), tmp_path / "fv0.onnx", ExportOptions(verify=False), quiet_steps())["output"]
     calib = tmp_path / "calib"
     calib.mkdir()
     for i, img in enumerate(skimage_photos()):  # real photos, plus mirrored and cropped views
@@ -125,7 +122,7 @@ def test_fastervit0_int8_cosine_on_photos(tmp_path):
         img.transpose(0).save(calib / f"{i}_flip.png")
         w, h = img.size
         img.crop((w // 8, h // 8, w - w // 8, h - h // 8)).save(calib / f"{i}_crop.png")
-    out = quantize(fp32, tmp_path / "fv0_int8.onnx", QuantizeOptions("int8", calib_dir=calib), QUIET)
+    out = quantize(fp32, tmp_path / "fv0_int8.onnx", QuantizeOptions("int8", calib_dir=calib), quiet_steps())
     cosine = out["record"]["parity_vs_fp32"]["overall"]["cosine_min"]
     print(f"FasterViT-0 INT8 ({out['record']['int8']['backend']}) cosine to FP32 on photos: {cosine:.5f}")
     assert cosine >= 0.99
