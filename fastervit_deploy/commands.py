@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .cli import command, console
 from .errors import CheckFailed, FvdeployError
-from .model_options import CheckpointOpt, CtSizeOpt, ModelSpec, ResolutionOpt, WindowOpt, parse_int_list
+from .model_options import CheckpointOpt, CtSizeOpt, ModelOpt, ModelSpec, ResolutionOpt, WindowOpt, parse_int_list
 from .progress import Steps
 
 OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Artifact path (default: derived from the model).")]
@@ -49,7 +49,7 @@ def spec_for_artifact(artifact: Path, model: str | None, checkpoint: Path | None
 
 @command("export-onnx")
 def export_onnx_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered variant (see `fvdeploy models`).")],
+    model: ModelOpt,
     checkpoint: CheckpointOpt = None,
     resolution: ResolutionOpt = None,
     window_size: WindowOpt = None,
@@ -267,7 +267,7 @@ def build_trt_cmd(
 
 @command("coreml")
 def coreml_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered variant (see `fvdeploy models`).")],
+    model: ModelOpt,
     checkpoint: CheckpointOpt = None,
     resolution: ResolutionOpt = None,
     window_size: WindowOpt = None,
