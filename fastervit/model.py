@@ -247,9 +247,8 @@ class FasterViT(nn.Module):
         yield "pre_head", self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for _, x in self.stages(x):
-            pass
-        return x
+        *_, (_, features) = self.stages(x)  # the last stage output: after the final norm
+        return features
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.avgpool(x), 1))

@@ -17,6 +17,7 @@ from .errors import CheckFailed, FvdeployError, MissingDependency
 from .graph_check import inspect_model
 from .images import batch_of, load_batch
 from .model_options import ModelSpec
+from .onnx_metadata import write_metadata
 from .progress import Steps
 from .runners import OnnxRuntimeRunner, TorchRunner
 from .verify import TOLERANCES, describe, run_parity
@@ -102,13 +103,6 @@ def simplify(model: onnx.ModelProto, how: str) -> onnx.ModelProto:
         raise FvdeployError(f"{how} failed: {str(err).splitlines()[0]}; retry with --simplify none") from None
 
 
-def add_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    del model.metadata_props[:]
-    for key, value in values.items():
-        model.metadata_props.add(key=key, value=str(value))
-    model.producer_name, model.doc_string = "fvdeploy", "FasterViT exported by fvdeploy"
-
-
 def save_onnx(model: onnx.ModelProto, path: Path, external: bool) -> None:
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -150,7 +144,8 @@ def export_onnx(spec: ModelSpec, output: Path | None, opts: ExportOptions, steps
         if opts.simplify != "none":
             with steps(f"simplifying with {opts.simplify}"):
                 graph = simplify(graph, opts.simplify)
-        add_metadata(graph, {
+        graph.producer_name, graph.doc_string = "fvdeploy", "FasterViT exported by fvdeploy"
+        write_metadata(graph, {
             "fvdeploy.model": spec.name, "fvdeploy.resolution": f"{H}x{W}",
             "fvdeploy.window_size": ",".join(map(str, model.cfg.window_size)),
             "fvdeploy.batch_range": f"{opts.min_batch},{opts.max_batch}", "fvdeploy.precision": "fp32",

@@ -25,6 +25,7 @@ from .errors import CheckFailed, FvdeployError, MissingDependency
 from .fp16 import DEFAULT_FP32_OPS, convert_to_fp16, float_types
 from .graph_check import Graph, inspect_model
 from .images import batch_of, list_images, load_batch, open_image, preprocess
+from .onnx_metadata import read_metadata, write_metadata
 from .progress import Steps
 from .runners import OnnxRuntimeRunner
 from .verify import TOLERANCES, describe, read_sidecar, run_parity
@@ -82,7 +83,7 @@ def preprocessing_of(onnx_path: Path, graph: onnx.ModelProto) -> tuple[dict, tup
     size = (dims[2].dim_value, dims[3].dim_value)
     if side.get("preprocessing"):
         return side["preprocessing"], size, side
-    meta = {p.key: p.value for p in graph.metadata_props}
+    meta = read_metadata(graph)
     if "fvdeploy.mean" in meta:
         from fastervit import get_entry
 
@@ -225,6 +226,9 @@ def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps:
     if not Path(onnx_path).is_file():
         raise FvdeployError(f"ONNX file not found: {onnx_path}")
     graph = onnx.load(str(onnx_path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer):
+        raise FvdeployError(f"{onnx_path.name} keeps its weights in external data (> 2 GB): quantize handles "
+                            "models below 2 GB; build FP32 engines from it, or quantize with ModelOpt's CLI")
     pre, size, source_side = preprocessing_of(onnx_path, graph)
     output = Path(output or onnx_path.with_name(f"{onnx_path.stem}_{opts.precision}.onnx"))
     if output.resolve() == Path(onnx_path).resolve():
@@ -269,7 +273,8 @@ def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps:
                 "seconds": round(time.perf_counter() - start, 2),
             }
         result = onnx.load(str(tmp), load_external_data=False)
-        _tag_precision(result, graph, opts.precision)
+        # Backends may drop the source's metadata: carry it over and record the new precision.
+        write_metadata(result, {**read_metadata(graph), **read_metadata(result), "fvdeploy.precision": opts.precision})
         onnx.save(result, str(tmp))
         record["initializer_types"] = float_types(result)
         with steps("checking graph"):
@@ -286,13 +291,3 @@ def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps:
             raise CheckFailed(f"{opts.precision} parity check failed: " + "; ".join(parity["failures"]))
         write_sidecar(tmp, record)
     return {"output": output, "record": record}
-
-
-def _tag_precision(model: onnx.ModelProto, source: onnx.ModelProto, precision: str) -> None:
-    """Keep the source's fvdeploy metadata (backends may drop it) and record the new precision."""
-    props = {p.key: p.value for p in source.metadata_props}
-    props.update({p.key: p.value for p in model.metadata_props})
-    props["fvdeploy.precision"] = precision
-    del model.metadata_props[:]
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)

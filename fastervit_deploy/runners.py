@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .errors import FvdeployError
+from .onnx_metadata import onnx_precision
 
 
 class Runner(abc.ABC):
@@ -67,21 +68,13 @@ class OnnxRuntimeRunner(Runner):
         except Exception as err:  # noqa: BLE001 - ORT raises its own exception types
             raise FvdeployError(f"onnxruntime cannot load {self.path.name}: {str(err).splitlines()[0]}") from None
         self.input_name = self.session.get_inputs()[0].name
-        self.precision = _onnx_precision(self.path)
+        self.precision = onnx_precision(self.path)
 
     def deactivate(self) -> None:
         self.session = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-
-def _onnx_precision(path: Path) -> str:
-    """Read the precision fvdeploy recorded in the model's metadata (fp32 when absent)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}.get("fvdeploy.precision", "fp32")
 
 
 def cpu_threads() -> int:

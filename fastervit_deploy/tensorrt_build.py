@@ -16,6 +16,7 @@ from rich.console import Console
 
 from .artifacts import atomic_output, check_output_path, sha256, write_sidecar
 from .errors import FvdeployError
+from .onnx_metadata import onnx_precision
 from .progress import Steps, progress_bar
 from .trt_support import Profile, gpu_description, import_tensorrt, tensorrt_major, trtexec_command
 from .verify import read_sidecar
@@ -52,11 +53,6 @@ def onnx_profile(onnx_path: Path, opts: BuildOptions) -> Profile:
     if len(dims) != 4 or not all(dims[1:]):
         raise FvdeployError(f"{onnx_path.name}: expected an NCHW input with fixed C/H/W, got {dims}")
     return Profile(inp.name, tuple(dims[1:]), opts.min_batch, opts.opt_batch, opts.max_batch)  # type: ignore[arg-type]
-
-
-def onnx_precision(onnx_path: Path) -> str:
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}.get("fvdeploy.precision", "fp32")
 
 
 def _progress_monitor(trt, console: Console):

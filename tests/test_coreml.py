@@ -11,7 +11,7 @@ from fastervit import create_model
 from fastervit_deploy.coreml_export import CoreMLOptions, ImageClassifier, class_names, export_coreml
 from fastervit_deploy.model_options import ModelSpec
 
-from .helpers import quiet_steps, assert_one_line_error, cli, tiny_spec
+from .helpers import assert_one_line_error, cli, quiet_steps, tiny_spec
 
 ct = pytest.importorskip("coremltools")
 

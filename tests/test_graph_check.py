@@ -1,7 +1,6 @@
 """The graph checker on graphs built to break each rule."""
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

@@ -139,6 +139,9 @@ def test_quantize_bad_input(tmp_path, digits):
     assert_one_line_error(cli("quantize", digits["fp32"], "--int8", "--calib-dir", empty, "-o", tmp_path / "x.onnx"),
                           r"no images")
     assert not (tmp_path / "x.onnx").exists()
+    external = tmp_path / "external.onnx"
+    onnx.save(onnx.load(str(digits["fp32"])), str(external), save_as_external_data=True, location="external.onnx.data")
+    assert_one_line_error(cli("quantize", external, "--fp16"), r"external data \(> 2 GB\)")
     foreign = tmp_path / "foreign.onnx"
     model = onnx.load(str(digits["fp32"]))
     del model.metadata_props[:]

@@ -77,10 +77,9 @@ def test_build_trt_bad_input(tmp_path):
 @gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_build_and_parity(tmp_path, precision):
-    from fastervit_deploy.datasets import digits_split, write_folder
-
     from rich.console import Console
 
+    from fastervit_deploy.datasets import digits_split, write_folder
     from fastervit_deploy.model_options import ModelSpec
     from fastervit_deploy.onnx_export import ExportOptions, export_onnx
     from fastervit_deploy.progress import Steps
