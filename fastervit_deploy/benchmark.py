@@ -61,7 +61,7 @@ def ratios(results: list[dict], baseline: str) -> dict[str, dict[int, float]]:
 
 def results_table(results: list[dict], title: str = "latency (ms) and throughput") -> Table:
     table = Table(title=title)
-    table.add_column("runner")
+    table.add_column("runner", overflow="fold")
     for col in ("batch", "p50", "p90", "p99", "mean", "img/s"):
         table.add_column(col, justify="right")
     for r in results:
