@@ -89,6 +89,14 @@ def _register_backends() -> None:
 def main() -> None:
     _register_backends()
     try:
-        app()
-    except SystemExit as exc:
-        sys.exit(exc.code)
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        # Usage errors (unknown option, missing value) come from the Click that Typer vendors: print them
+        # as one line like every other error instead of a framed block.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        console.print(f"error: {exc.format_message()}{hint}", markup=False, style="red", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -117,3 +117,17 @@ def test_benchmark_writes_json_and_plot(tmp_path):
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
     assert {r["batch"] for r in rows} == {1, 2} and all(r["iterations"] == 2 and r["p50_ms"] > 0 for r in rows)
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_usage_errors_through_the_console_script_are_one_line():
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "fastervit_deploy", *a], capture_output=True, text=True)  # noqa: E731
+    result = run("export-onnx", "--model", "faster_vit_0_224", "--window-size", "7", "7")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: Got unexpected extra argument(s) (7) (see `python -m fastervit_deploy export-onnx --help`)"
+    ]
+    missing = run("models", "nothing*")
+    assert missing.returncode == 2 and missing.stderr.strip() == "error: no model matches 'nothing*'"
