@@ -295,3 +295,17 @@ def coreml_cmd(
     opts = CoreMLOptions(precision, max_batch, compute_units, deployment_target, raw_logits, extra)
     result = export_coreml(spec, output, opts, Steps(console), overwrite)
     console.print(f"wrote {result['output']} and {result['output'].name}.json", highlight=False)
+
+
+@command("formats")
+def formats_cmd() -> None:
+    """The artifact formats fvdeploy makes and checks, and whether this machine can run each one."""
+    from .formats import FORMATS
+
+    table = Table(title="artifact formats")
+    for col in ("format", "files", "precisions", "runs with", "runs here"):
+        table.add_column(col)
+    for fmt in FORMATS:
+        table.add_row(fmt.key, " ".join(fmt.suffixes), ", ".join(fmt.precisions), fmt.needs,
+                      "yes" if fmt.runnable_here() else "no")
+    Console().print(table)

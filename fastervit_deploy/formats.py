@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,15 @@ class Format:
     runner: str  # "module:Class" of the runner, imported only when used
     precisions: tuple[str, ...]
     needs: str  # what must be present to run it
+
+    def runnable_here(self) -> bool:
+        if self.key == "onnx":
+            return importlib.util.find_spec("onnxruntime") is not None
+        if self.key == "tensorrt":
+            import torch
+
+            return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
+        return platform.system() == "Darwin" and importlib.util.find_spec("coremltools") is not None
 
 
 FORMATS: tuple[Format, ...] = (

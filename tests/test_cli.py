@@ -18,6 +18,15 @@ def test_version_and_help():
         assert name in out
 
 
+def test_formats_table_says_what_runs_here():
+    import platform
+
+    lines = {line.split("│")[1].strip(): line for line in cli("formats").output.splitlines() if line.count("│") > 4}
+    assert set(lines) >= {"onnx", "tensorrt", "coreml"}
+    assert "yes" in lines["onnx"]
+    assert ("yes" in lines["coreml"]) == (platform.system() == "Darwin")
+
+
 def test_models_table_lists_variants_with_param_counts():
     result = cli("models")
     assert result.exit_code == 0
