@@ -26,7 +26,6 @@ from .verify import TOLERANCES, describe, run_parity
 # model to 17 (ecosystem.md), and 17 is what TensorRT 8.6+ recipes use.
 SUPPORTED_OPSETS = (17, 18, 19, 20)
 SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
-PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)  # headroom for the graph itself under protobuf's 2 GiB
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import os
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +74,6 @@ class OnnxRuntimeRunner(Runner):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def reference_fn(model: torch.nn.Module, outputs: str = "logits"):
