@@ -43,8 +43,10 @@ def tool_versions(*extra: str) -> dict[str, str]:
     return versions
 
 
-def check_output_path(path: Path, overwrite: bool) -> None:
-    """Refuse to clobber an artifact unless asked; make sure the folder exists and is writable."""
+def check_output_path(path: Path, overwrite: bool, suffix: str | None = None) -> None:
+    """Refuse a wrong suffix, or to clobber an artifact unless asked; make sure the folder is writable."""
+    if suffix is not None and path.suffix != suffix:
+        raise FvdeployError(f"output must end in {suffix}, got {path.name}")
     if path.exists() and not overwrite:
         raise FvdeployError(f"{path} exists (pass --overwrite to replace it)")
     parent = path.parent if str(path.parent) else Path(".")

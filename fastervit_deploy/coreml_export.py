@@ -233,9 +233,7 @@ def export_coreml(spec: ModelSpec, output: Path | None, opts: CoreMLOptions, ste
     model, mlmodel = build_function(ct, spec, opts, steps)
     H, W = model.input_size
     output = Path(output or f"{spec.name}_{H}x{W}.mlpackage")
-    if output.suffix != ".mlpackage":
-        raise FvdeployError(f"output must end in .mlpackage, got {output.name}")
-    check_output_path(output, overwrite)
+    check_output_path(output, overwrite, ".mlpackage")
     with atomic_output(output, companions=(".json",)) as tmp:
         if opts.resolutions:
             save_multifunction(ct, spec, opts, steps, mlmodel, (H, W), tmp)

@@ -63,6 +63,9 @@ class GraphReport:
     def failures(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error" and not f.ok]
 
+    def failure_summary(self) -> str:
+        return "; ".join(f"{f.check}: {f.detail}" for f in self.failures())
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["passed"] = self.passed

@@ -123,9 +123,7 @@ def export_onnx(spec: ModelSpec, output: Path | None, opts: ExportOptions, steps
         model = spec.build(steps.note)
     H, W = model.input_size
     output = Path(output or f"{spec.name}_{H}x{W}.onnx")
-    if output.suffix != ".onnx":
-        raise FvdeployError(f"output must end in .onnx, got {output.name}")
-    check_output_path(output, overwrite)
+    check_output_path(output, overwrite, ".onnx")
 
     parity = None
     if opts.verify:
@@ -160,7 +158,7 @@ def export_onnx(spec: ModelSpec, output: Path | None, opts: ExportOptions, steps
         for f in report.findings:
             steps.note(f"{'ok  ' if f.ok else 'FAIL'} {f.check}: {f.detail}")
         if not report.passed:
-            raise CheckFailed("graph check failed: " + "; ".join(f"{f.check}: {f.detail}" for f in report.failures()))
+            raise CheckFailed(f"graph check failed: {report.failure_summary()}")
         if opts.verify:
             with steps(f"verifying with onnxruntime at batch {', '.join(map(str, opts.verify_batches))}"):
                 with OnnxRuntimeRunner(tmp) as ort_runner:

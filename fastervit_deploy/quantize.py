@@ -101,20 +101,20 @@ def calibration_data(folder: Path, count: int, size: tuple[int, int], pre: dict,
     return np.stack([preprocess(open_image(p), size, pre) for p in files])
 
 
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+
 def quantizable_nodes(graph: onnx.ModelProto, exclude: list[str]) -> list[str]:
     """Conv/MatMul/Gemm and residual Adds (both inputs activations), minus excluded names."""
     g = Graph(graph)
-    names = []
-    for node in g.nodes:
-        residual = node.op_type == "Add" and all(not g.is_constant(i) for i in node.input)
-        if node.op_type in WEIGHTED_OPS or residual:
-            if not any(fnmatch.fnmatchcase(node.name, pat) for pat in exclude):
-                names.append(node.name)
-    return names
+    return [n.name for n in g.nodes
+            if (n.op_type in WEIGHTED_OPS or n.op_type == "Add" and all(not g.is_constant(i) for i in n.input))
+            and not _matches(n.name, exclude)]
 
 
 def excluded_nodes(graph: onnx.ModelProto, exclude: list[str]) -> list[str]:
-    return [n.name for n in graph.graph.node if any(fnmatch.fnmatchcase(n.name, pat) for pat in exclude)]
+    return [n.name for n in graph.graph.node if _matches(n.name, exclude)]
 
 
 class _Reader:
@@ -171,12 +171,11 @@ def int8_onnxruntime(src: Path, out: Path, data: np.ndarray | None, opts: Quanti
 def int8_modelopt(src: Path, out: Path, data: np.ndarray | None, opts: QuantizeOptions) -> None:
     from modelopt.onnx.quantization import quantize as mo_quantize
 
+    source = onnx.load(str(src), load_external_data=False)
     if data is None:  # cache hit: ModelOpt still wants one sample to shape its calibration session
-        graph = onnx.load(str(src), load_external_data=False)
-        dims = [d.dim_value or 1 for d in graph.graph.input[0].type.tensor_type.shape.dim]
+        dims = [d.dim_value or 1 for d in source.graph.input[0].type.tensor_type.shape.dim]
         data = np.zeros(dims, np.float32)
     cache = Path(opts.calib_cache) if opts.calib_cache else None
-    source = onnx.load(str(src), load_external_data=False)
     mo_quantize(
         str(src), quantize_mode="int8", calibration_data={source.graph.input[0].name: data},
         calibration_method=opts.method, calibration_cache_path=str(cache) if cache and cache.is_file() else None,
@@ -233,9 +232,7 @@ def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps:
     output = Path(output or onnx_path.with_name(f"{onnx_path.stem}_{opts.precision}.onnx"))
     if output.resolve() == Path(onnx_path).resolve():
         raise FvdeployError("output would overwrite the input ONNX")
-    if output.suffix != ".onnx":
-        raise FvdeployError(f"output must end in .onnx, got {output.name}")
-    check_output_path(output, overwrite)
+    check_output_path(output, overwrite, ".onnx")
     record: dict = {k: v for k, v in source_side.items() if k in ("model", "resolution", "window_size", "ct_size",
                                                                   "num_classes", "checkpoint", "weights", "preprocessing",
                                                                   "batch_range", "input", "output")}
@@ -261,7 +258,6 @@ def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps:
                     in_child_process(int8_modelopt, Path(onnx_path), tmp, data, opts)
                 else:
                     int8_onnxruntime(Path(onnx_path), tmp, data, opts)
-            q = onnx.load(str(tmp), load_external_data=False)
             record["int8"] = {
                 "backend": backend, "backend_version": _version("nvidia-modelopt" if backend == "modelopt" else "onnxruntime"),
                 "method": opts.method, "calibration_images": 0 if data is None else len(data),
@@ -269,10 +265,11 @@ def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps:
                 "calibration_cache": str(opts.calib_cache) if opts.calib_cache else None,
                 "calibration_cache_sha256": sha256(opts.calib_cache) if opts.calib_cache and Path(opts.calib_cache).is_file() else None,
                 "cache_hit": cache_hit, "excluded": opts.exclude,
-                "qdq_pairs": sum(1 for n in q.graph.node if n.op_type == "QuantizeLinear"),
                 "seconds": round(time.perf_counter() - start, 2),
             }
         result = onnx.load(str(tmp), load_external_data=False)
+        if "int8" in record:
+            record["int8"]["qdq_pairs"] = sum(1 for n in result.graph.node if n.op_type == "QuantizeLinear")
         # Backends may drop the source's metadata: carry it over and record the new precision.
         write_metadata(result, {**read_metadata(graph), **read_metadata(result), "fvdeploy.precision": opts.precision})
         onnx.save(result, str(tmp))
@@ -280,7 +277,7 @@ def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps:
         with steps("checking graph"):
             report = inspect_model(result, output)
         if not report.passed:
-            raise CheckFailed("graph check failed: " + "; ".join(f"{f.check}: {f.detail}" for f in report.failures()))
+            raise CheckFailed(f"graph check failed: {report.failure_summary()}")
         with steps(f"comparing {opts.precision} with the FP32 graph on real images"):
             images = batch_of(load_batch(size, pre, opts.eval_dir), 8)
             with OnnxRuntimeRunner(onnx_path) as ref, OnnxRuntimeRunner(tmp) as cand:
