@@ -35,6 +35,7 @@ test-all: install
 
 bench: install
 	$(BIN)/python benchmarks/onnx_vs_plain.py
+	$(BIN)/python benchmarks/simplifiers.py
 
 clean:
 	rm -rf $(VENV) build

@@ -16,8 +16,9 @@ import torch
 from rich.console import Console
 
 from fastervit_deploy.benchmark import measure, ratios, results_table, synthetic_batches
-from fastervit_deploy.model_options import ModelSpec
-from fastervit_deploy.onnx_export import ExportOptions, export_onnx
+from fastervit_deploy.model_spec import resolve_model
+from fastervit_deploy.options import ModelRequest, OutputTarget
+from fastervit_deploy.plan import plan_export
 from fastervit_deploy.progress import Steps
 from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
 
@@ -37,16 +38,17 @@ def plain_export(model: torch.nn.Module, path: Path) -> None:
 def main() -> int:
     console = Console(stderr=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    spec = ModelSpec("faster_vit_0_224")
+    request = ModelRequest("faster_vit_0_224")  # seeded checkpoint-like weights: the graph a checkpoint gives
     ours = OUT / "faster_vit_0_224_fvdeploy.onnx"
-    export_onnx(spec, ours, ExportOptions(verify=False), Steps(console), overwrite=True)
+    plan_export(request, OutputTarget(ours, overwrite=True), verify=False).run(Steps(console))
     plain = OUT / "faster_vit_0_224_plain.onnx"
-    eager = ModelSpec("faster_vit_0_224").build()  # same seed, same weights
+    desc = resolve_model(request)
+    eager = desc.build()  # same seed, same weights
     plain_export(eager, plain)
 
-    batches = synthetic_batches(BATCHES, (3, 224, 224))
-    with OnnxRuntimeRunner(ours) as a, OnnxRuntimeRunner(plain) as b:
-        results = measure({"fvdeploy-onnx": a.infer, "plain-onnx": b.infer, "pytorch-eager": TorchRunner(eager).infer},
+    batches = synthetic_batches(BATCHES, desc.input.shape)
+    with OnnxRuntimeRunner(ours) as a, OnnxRuntimeRunner(plain) as b, TorchRunner(eager, desc.input, desc.outputs) as c:
+        results = measure({"fvdeploy-onnx": a.infer, "plain-onnx": b.infer, "pytorch-eager": c.infer},
                           batches, warmup=5, iterations=30, console=console)
     out = Console()
     out.print(results_table(results, "FasterViT-0 224, onnxruntime CPU vs PyTorch eager"))

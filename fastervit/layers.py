@@ -4,7 +4,7 @@ Conventions that keep graphs TensorRT- and Core ML-friendly:
 * every reshape uses Python ints except the leading (batch-folded) dimension, which is ``-1``;
 * no tensor has rank > 5 (window tensors fold the batch into the window-row dimension);
 * attention scales q *before* q·kᵀ (TensorRT's MHA fusion rule) and splits q/k/v with Split;
-* position MLPs can be evaluated once into their ``relative_bias`` buffers (``deploy``).
+* position MLPs can be evaluated once into their ``relative_bias`` buffers (``deploy_``).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class TokenPositionMLP(nn.Module):
         return tokens + self.embedding(tokens.dtype, tokens.device)
 
     @torch.no_grad()
-    def deploy(self) -> None:
+    def deploy_(self) -> None:
         self.relative_bias.copy_(self.embedding(self.relative_bias.dtype, self.relative_bias.device))
         self.deployed = True
 
@@ -155,7 +155,7 @@ class AttentionBiasMLP(nn.Module):
         return self.relative_bias if self.deployed else self.compute()
 
     @torch.no_grad()
-    def deploy(self) -> None:
+    def deploy_(self) -> None:
         self.relative_bias.copy_(self.compute())
         self.deployed = True
 

@@ -6,13 +6,15 @@ load unchanged; the computation follows SPEC.md §3 with export-friendly tensor 
 
 from __future__ import annotations
 
+import copy
 from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from . import fuse
 from .config import FasterViTConfig
+from .fuse import ChannelAffine, fold_bn_before_pool_into_linear
 from .geometry import StagePlan, carrier_bias_grid, carrier_count, check_resolution
 from .layers import (
     Attention,
@@ -41,8 +43,19 @@ class PatchEmbed(nn.Module):
             nn.ReLU(),
         )
 
+    @property
+    def stem_conv(self) -> nn.Conv2d:
+        """The first convolution: the one that sees the normalised image (``conv_down.0`` in checkpoints)."""
+        return self.conv_down[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_down(self.proj(x))
+
+    def deploy_(self) -> None:
+        """Fold both BatchNorms into the convolutions before them (in place)."""
+        for conv_i, bn_i in ((0, 1), (3, 4)):
+            self.conv_down[conv_i] = fuse_conv_bn_eval(self.conv_down[conv_i], self.conv_down[bn_i])
+            self.conv_down[bn_i] = nn.Identity()
 
 
 class ConvBlock(nn.Module):
@@ -58,6 +71,11 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
         return x + self.drop_path(y)
+
+    def deploy_(self) -> None:
+        """Fold norm1/norm2 into conv1/conv2 (in place)."""
+        self.conv1, self.norm1 = fuse_conv_bn_eval(self.conv1, self.norm1), nn.Identity()
+        self.conv2, self.norm2 = fuse_conv_bn_eval(self.conv2, self.norm2), nn.Identity()
 
 
 class Downsample(nn.Module):
@@ -260,21 +278,30 @@ class FasterViT(nn.Module):
         """Parameter count with shared parameters counted once (the official figure)."""
         return sum(p.numel() for p in self.parameters())
 
-    def deploy(self) -> "FasterViT":
-        """Inference form: position biases evaluated into constants, every BatchNorm folded.
+    @property
+    def stem_conv(self) -> nn.Conv2d:
+        return self.patch_embed.stem_conv
 
-        Conv+BN pairs become biased convs and the final BatchNorm moves into the head, so
-        ``forward_features`` then returns the map before that norm. Irreversible; returns self.
+    def deploy(self) -> "FasterViT":
+        """A deployed copy: position biases evaluated into constants, every BatchNorm folded.
+
+        Each module folds what it owns (stem and conv blocks: conv+BN; position MLPs: constant
+        biases); the final BatchNorm moves into the head, so the copy's ``forward_features`` returns
+        the map before that norm. ``self`` is left unchanged, so it stays usable as the reference.
         """
-        if self.deployed:
-            return self
-        self.eval()
-        for module in self.modules():
-            if hasattr(module, "deploy") and module is not self:
-                module.deploy()
-        fuse.fold_batchnorms(self)
-        self.deployed = True
-        return self
+        model = copy.deepcopy(self).eval()
+        if model.deployed:
+            return model
+        for module in list(model.modules()):
+            if module is not model and hasattr(module, "deploy_"):
+                module.deploy_()
+        if isinstance(model.head, nn.Linear):
+            model.head = fold_bn_before_pool_into_linear(model.norm, model.head)
+            model.norm = nn.Identity()
+        else:
+            model.norm = ChannelAffine(model.norm)
+        model.deployed = True
+        return model
 
     fuse = deploy  # Polygraphy/timm users look for either name
 

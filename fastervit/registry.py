@@ -83,21 +83,36 @@ def model_config(name: str, **overrides: Any) -> FasterViTConfig:
     return get_entry(name).config.replace(**overrides) if overrides else get_entry(name).config
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, **overrides: Any) -> FasterViT:
-    """Build a registered variant; ``overrides`` are constructor hyper-parameters (SPEC.md §1)."""
+def any_res_variant(name: str) -> str | None:
+    """The registered any-resolution model that takes ``name``'s weights (the same checkpoint file)."""
     entry = get_entry(name)
-    cfg = model_config(name, **overrides)
+    if entry.config.any_res:
+        return name
+    twins = [e.name for e in _REGISTRY.values()
+             if e.config.any_res and e.pretrained.checkpoint_file == entry.pretrained.checkpoint_file]
+    return twins[0] if twins else None
+
+
+def instantiate(name: str, cfg: FasterViTConfig) -> FasterViT:
+    """Build ``cfg`` (a complete configuration) with the preprocessing of the registered ``name``."""
+    entry = get_entry(name)
     model = FasterViT(cfg)
     pre = entry.pretrained.to_dict()
     pre["input_size"] = [cfg.in_chans, *cfg.resolution]
     pre["num_classes"] = cfg.num_classes
     pre["architecture"] = name
     model.pretrained_cfg = pre
+    return model.eval()
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, **overrides: Any) -> FasterViT:
+    """Build a registered variant; ``overrides`` are constructor hyper-parameters (SPEC.md §1)."""
+    model = instantiate(name, model_config(name, **overrides))
     if checkpoint is not None:
         from .checkpoint import load_checkpoint
 
         load_checkpoint(model, checkpoint)
-    return model.eval()
+    return model
 
 
 def build_meta(name: str, **overrides: Any) -> FasterViT:

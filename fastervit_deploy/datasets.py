@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .images import preprocess
+from .model_spec import Preprocessing
 
 DIGITS_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
@@ -27,8 +28,8 @@ def digits_split() -> tuple[list[Image.Image], np.ndarray, list[Image.Image], np
     return (*pick(idx_train), *pick(idx_test))
 
 
-def to_batch(images: list[Image.Image], size: tuple[int, int], pretrained_cfg: dict) -> np.ndarray:
-    return np.stack([preprocess(img, size, pretrained_cfg) for img in images])
+def to_batch(images: list[Image.Image], size: tuple[int, int], pre: Preprocessing) -> np.ndarray:
+    return np.stack([preprocess(img, size, pre) for img in images])
 
 
 def write_folder(images: list[Image.Image], folder: Path) -> Path:

@@ -1,24 +1,48 @@
-"""Errors the CLI reports as one line (anything else is a bug and keeps its traceback with --debug)."""
+"""Errors the CLI reports as one line, and their exit codes (anything else is a bug: traceback)."""
 
-from fastervit import CheckpointError, UnknownModelError, UnsupportedResolutionError
+from __future__ import annotations
+
+import sys
+
+EXIT_FAILED_CHECK, EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY = 1, 2, 3
 
 
 class FvdeployError(Exception):
     """A user-facing failure: bad input, missing dependency, failed check."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class CheckFailed(FvdeployError):
     """The artifact was produced but does not meet its parity/graph requirements."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED_CHECK
 
 
 class MissingDependency(FvdeployError):
-    exit_code = 3
+    exit_code = EXIT_MISSING_DEPENDENCY
 
 
-# What the CLI turns into `error: <message>` without a traceback.
-USER_ERRORS = (FvdeployError, CheckpointError, UnknownModelError, UnsupportedResolutionError, ValueError,
-               FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Bad input or an environment that cannot take the work (a full disk, a read-only folder, too little
+# memory), raised by the model package (its errors are ValueErrors, and UnknownModelError) or the
+# standard library: one line, exit 2.
+_BAD_INPUT = (ValueError, OSError, MemoryError)
+
+
+def exit_code_of(err: BaseException) -> int | None:
+    """The exit code of a known failure; None for a bug."""
+    if isinstance(err, FvdeployError):
+        return err.exit_code
+    model = sys.modules.get("fastervit")  # not imported at start-up: it loads torch
+    if isinstance(err, _BAD_INPUT) or (model is not None and isinstance(err, model.UnknownModelError)):
+        return EXIT_BAD_INPUT
+    return None
+
+
+def one_line(err: BaseException) -> str:
+    if isinstance(err, MemoryError):
+        return f"out of memory{': ' + str(err) if str(err) else ''} (try a smaller resolution or batch)"
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

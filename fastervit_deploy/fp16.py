@@ -18,8 +18,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
+from .options import DEFAULT_FP32_OPS
+
 FP16_MAX = float(np.finfo(np.float16).max)
-DEFAULT_FP32_OPS = ("LayerNormalization",)
 QDQ_FP16_MIN_OPSET = 19  # DequantizeLinear/QuantizeLinear accept fp16 scales from opset 19
 
 

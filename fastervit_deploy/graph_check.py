@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import collections
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import onnx
 from onnx import shape_inference
 
+from .checks import CheckReport, Finding
 from .errors import FvdeployError
 
 # Ops the TensorRT 10/11 ONNX parser maps to native layers, restricted to what image models use.
@@ -38,38 +39,18 @@ MAX_RANK = 5
 
 
 @dataclass
-class Finding:
-    check: str
-    ok: bool
-    detail: str
-    severity: str = "error"  # "error" fails the graph, "info" only reports
-
-
-@dataclass
-class GraphReport:
-    path: str
-    opset: int
-    nodes: int
-    ops: dict[str, int]
-    inputs: list[dict]
-    outputs: list[dict]
-    findings: list[Finding] = field(default_factory=list)
+class GraphReport(CheckReport):
+    path: str = ""
+    opset: int = 0
+    nodes: int = 0
+    ops: dict[str, int] = field(default_factory=dict)
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
     attention_blocks: int = 0
 
-    @property
-    def passed(self) -> bool:
-        return all(f.ok for f in self.findings if f.severity == "error")
-
-    def failures(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error" and not f.ok]
-
-    def failure_summary(self) -> str:
-        return "; ".join(f"{f.check}: {f.detail}" for f in self.failures())
-
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["passed"] = self.passed
-        return d
+        return {**super().to_dict(), "path": self.path, "opset": self.opset, "nodes": self.nodes, "ops": self.ops,
+                "inputs": self.inputs, "outputs": self.outputs, "attention_blocks": self.attention_blocks}
 
 
 class Graph:
@@ -258,9 +239,10 @@ def load_graph(path: str | Path) -> onnx.ModelProto:
 def inspect_model(model: onnx.ModelProto, path: str | Path = "") -> GraphReport:
     g = Graph(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    report = GraphReport(str(path), opset, len(g.nodes),
-                         dict(collections.Counter(n.op_type for n in g.nodes).most_common()),
-                         _io(i for i in model.graph.input if i.name not in g.initializers), _io(model.graph.output))
+    report = GraphReport("graph check", path=str(path), opset=opset, nodes=len(g.nodes),
+                         ops=dict(collections.Counter(n.op_type for n in g.nodes).most_common()),
+                         inputs=_io(i for i in model.graph.input if i.name not in g.initializers),
+                         outputs=_io(model.graph.output))
     report.findings = [check(g) for check in CHECKS]
     attention, report.attention_blocks = check_attention(g)
     report.findings.insert(4, attention)

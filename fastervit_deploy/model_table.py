@@ -26,12 +26,12 @@ def model_rows(pattern: str = "*") -> list[dict]:
     return rows
 
 
-def models_table(pattern: str = "*") -> Table:
+def models_table(rows: list[dict]) -> Table:
     table = Table(title="FasterViT variants")
     table.add_column("model", no_wrap=True)
     for col in ("params", "input", "windows s2,s3", "carriers", "crop"):
         table.add_column(col, justify="right", no_wrap=True)
-    for r in model_rows(pattern):
+    for r in rows:
         table.add_row(r["name"], f"{r['params'] / 1e6:.2f}M", r["resolution"], r["windows"], r["hat"],
                       f"{r['crop_pct']:.3g}")
     return table

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,79 +12,75 @@ import torch
 
 from fastervit import FasterViT
 
-from .artifacts import atomic_output, check_output_path, sha256, sidecar_path, write_sidecar
-from .errors import CheckFailed, FvdeployError, MissingDependency
+from .errors import FvdeployError, MissingDependency
+from .files import atomic_output
 from .graph_check import inspect_model
 from .images import batch_of, load_batch
-from .model_options import ModelSpec
-from .onnx_metadata import write_metadata
+from .model_spec import ModelDescription
+from .options import BatchProfile, OnnxOptions, Simplifier
+from .pipeline import ParityJob, finish
 from .progress import Steps
+from .record import ArtifactRecord, embed_in_onnx
 from .runners import OnnxRuntimeRunner, TorchRunner
-from .verify import TOLERANCES, describe, run_parity
+from .verify import TOLERANCES
 
-# The TorchScript exporter writes opsets up to 20; the dynamo exporter cannot down-convert this
-# model to 17 (ecosystem.md), and 17 is what TensorRT 8.6+ recipes use.
-SUPPORTED_OPSETS = (17, 18, 19, 20)
-SIMPLIFIERS = ("onnxslim", "onnxsim", "none")
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)  # headroom for the graph itself under protobuf's 2 GiB
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+TRACE_BATCH = 2  # the graph is traced at this batch; parity runs at others (1 and 3)
 
 
-@dataclass
-class ExportOptions:
-    opset: int = 17
-    min_batch: int = 1
-    max_batch: int = 64
-    simplify: str = "onnxslim"
-    verify: bool = True
+@dataclass(frozen=True)
+class ExportJob:
+    """Everything `export-onnx` does, resolved: the plan's stage and the record's recipe."""
+
+    model: ModelDescription
+    output: Path
+    onnx: OnnxOptions = field(default_factory=OnnxOptions)
+    batch: BatchProfile = field(default_factory=BatchProfile)
     images: Path | None = None
-    external_data: bool | None = None  # None: only when the weights approach the 2 GiB protobuf limit
+    verify: bool = True
+    overwrite: bool = False
 
-    def validate(self) -> None:
-        if self.opset not in SUPPORTED_OPSETS:
-            raise FvdeployError(f"opset {self.opset} is not supported (choose {', '.join(map(str, SUPPORTED_OPSETS))})")
-        if self.min_batch < 1 or self.max_batch < self.min_batch:
-            raise FvdeployError(f"batch range {self.min_batch}..{self.max_batch} is invalid (need 1 <= min <= max)")
-        if self.simplify not in SIMPLIFIERS:
-            raise FvdeployError(f"--simplify must be one of {', '.join(SIMPLIFIERS)}")
-
-    def clip(self, batch: int) -> int:
-        return min(max(batch, self.min_batch), self.max_batch)
-
-    @property
-    def dummy_batch(self) -> int:
-        return self.clip(2)
+    def argv(self) -> tuple[str, ...]:
+        args = ["export-onnx", *self.model.cli_args(), *self.batch.argv(), *self.onnx.argv()]
+        if self.images is not None:
+            args += ["--images", str(self.images)]
+        if not self.verify:
+            args.append("--no-verify")
+        return (*args, "--output", str(self.output))
 
     @property
     def verify_batches(self) -> list[int]:
-        """Two sizes, at least one different from the dummy batch the graph was traced with."""
-        return sorted({self.clip(1), self.clip(3)})
+        """Two sizes, at least one different from the batch the graph was traced with."""
+        return sorted({self.batch.clip(1), self.batch.clip(3)})
+
+    def run(self, steps: Steps) -> ArtifactRecord:
+        return export_onnx(self, steps)
 
 
 def model_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def torch_export(model: FasterViT, path: Path, opts: ExportOptions) -> None:
+def torch_export(model: FasterViT, path: Path, desc: ModelDescription, job: ExportJob) -> None:
     """Trace the deployed model: every shape is a Python int except the batch (SPEC export rules)."""
-    H, W = model.input_size
-    dummy = torch.randn(opts.dummy_batch, model.cfg.in_chans, H, W)
+    dummy = torch.randn(job.batch.clip(TRACE_BATCH), *desc.input.shape)
+    names = [o.name for o in desc.outputs]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter announces its retirement
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")  # the any-res crop Slice
         torch.onnx.export(
-            model, (dummy,), str(path), dynamo=False, opset_version=opts.opset, do_constant_folding=True,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            model, (dummy,), str(path), dynamo=False, opset_version=job.onnx.opset, do_constant_folding=True,
+            input_names=[desc.input.name], output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in [desc.input.name, *names]},
         )
 
 
-def simplify(model: onnx.ModelProto, how: str) -> onnx.ModelProto:
-    if how == "none":
+def simplify(model: onnx.ModelProto, how: Simplifier) -> onnx.ModelProto:
+    if how is Simplifier.none:
         return model
     try:
-        if how == "onnxslim":
+        if how is Simplifier.onnxslim:
             import onnxslim
 
             return onnxslim.slim(model)
@@ -96,10 +92,10 @@ def simplify(model: onnx.ModelProto, how: str) -> onnx.ModelProto:
         if not ok:
             raise FvdeployError("onnxsim could not validate the simplified model; use --simplify onnxslim")
         return simplified
-    except (FvdeployError, MissingDependency):
+    except (FvdeployError, MemoryError):
         raise
     except Exception as err:  # noqa: BLE001 - simplifiers raise anything
-        raise FvdeployError(f"{how} failed: {str(err).splitlines()[0]}; retry with --simplify none") from None
+        raise FvdeployError(f"{how.value} failed: {str(err).splitlines()[0]}; retry with --simplify none") from None
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, external: bool) -> None:
@@ -110,70 +106,55 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool) -> None:
         onnx.save_model(model, str(path))
 
 
-def reference_batches(model: FasterViT, opts: ExportOptions) -> list[np.ndarray]:
-    images = load_batch(model.input_size, model.pretrained_cfg, opts.images)
-    return [batch_of(images, n) for n in opts.verify_batches]
+def reference_batches(desc: ModelDescription, sizes: list[int], images: Path | None) -> list[np.ndarray]:
+    photos = load_batch(desc.resolution, desc.preprocessing, images)
+    return [batch_of(photos, n) for n in sizes]
 
 
-def export_onnx(spec: ModelSpec, output: Path | None, opts: ExportOptions, steps: Steps,
-                overwrite: bool = False) -> dict:
-    """Build, deploy, export, simplify, check and verify; write ``output`` and its sidecar atomically."""
-    opts.validate()
+def export_onnx(job: ExportJob, steps: Steps) -> ArtifactRecord:
+    """Build, deploy, export, simplify; then check, compare and record (pipeline.finish)."""
+    desc = job.model
+    for note in desc.notes:
+        steps.note(note)
     with steps("building model"):
-        model = spec.build(steps.note)
-    H, W = model.input_size
-    output = Path(output or f"{spec.name}_{H}x{W}.onnx")
-    check_output_path(output, overwrite, ".onnx")
-
+        model = desc.build(steps.note)
     parity = None
-    if opts.verify:
+    if job.verify:
         with steps("PyTorch reference on real images"):
-            batches = reference_batches(model, opts)
-            # The reference is the unfused eager model: parity covers deploy() and the export together.
-            torch_runner = TorchRunner(model)
-            references = {len(b): torch_runner.infer(b) for b in batches}
-    external = opts.external_data if opts.external_data is not None else model_bytes(model) > EXTERNAL_DATA_THRESHOLD
-    with atomic_output(output, companions=(".data", ".json")) as tmp:
-        with steps(f"exporting (opset {opts.opset}, batch {opts.min_batch}..{opts.max_batch})"):
-            model.deploy()
-            torch_export(model, tmp, opts)
+            batches = reference_batches(desc, job.verify_batches, job.images)
+            # The reference is the eager model: parity covers deploy() and the export together.
+            with TorchRunner(model, desc.input, desc.outputs) as torch_runner:
+                references = {len(b): torch_runner.infer(b) for b in batches}
+        kinds = {o.name: o.kind for o in desc.outputs}
+        parity = ParityJob(f"verifying with onnxruntime at batch {', '.join(map(str, job.verify_batches))}",
+                           lambda path: OnnxRuntimeRunner(path, kinds=kinds, batch_range=job.batch.range),
+                           lambda b: references[len(b)], batches, TOLERANCES["fp32"])
+    external = job.onnx.external_data if job.onnx.external_data is not None else model_bytes(model) > EXTERNAL_DATA_THRESHOLD
+    deployed = model.deploy()
+    del model  # only the deployed copy is needed from here: halve the peak memory of big variants
+    with atomic_output(job.output, job.overwrite) as tmp:
+        with steps(f"exporting (opset {job.onnx.opset}, batch {job.batch.min}..{job.batch.max})"):
+            torch_export(deployed, tmp, desc, job)
+            del deployed
             graph = onnx.load(str(tmp))  # pulls in external tensors if the exporter had to split them
-        if opts.simplify != "none":
-            with steps(f"simplifying with {opts.simplify}"):
-                graph = simplify(graph, opts.simplify)
-        graph.producer_name, graph.doc_string = "fvdeploy", "FasterViT exported by fvdeploy"
-        write_metadata(graph, {
-            "fvdeploy.model": spec.name, "fvdeploy.resolution": f"{H}x{W}",
-            "fvdeploy.window_size": ",".join(map(str, model.cfg.window_size)),
-            "fvdeploy.batch_range": f"{opts.min_batch},{opts.max_batch}", "fvdeploy.precision": "fp32",
-            "fvdeploy.mean": ",".join(map(str, model.pretrained_cfg["mean"])),
-            "fvdeploy.std": ",".join(map(str, model.pretrained_cfg["std"])),
-        })
+        if job.onnx.simplify is not Simplifier.none:
+            with steps(f"simplifying with {job.onnx.simplify.value}"):
+                graph = simplify(graph, job.onnx.simplify)
+        record = ArtifactRecord(
+            "onnx", "fp32", desc, job.batch.range, (desc.input,), desc.outputs, job.argv(),
+            details={"opset": job.onnx.opset, "simplifier": job.onnx.simplify.value, "external_data": external,
+                     "params": desc.params()},
+            notes=desc.notes,
+        )
+        graph.producer_name, graph.doc_string = "fvdeploy", f"FasterViT ({desc.name}) exported by fvdeploy"
+        embed_in_onnx(graph, record)
         for stale in tmp.parent.iterdir():  # loose per-tensor files the exporter may have written
-            if stale != tmp:
-                stale.unlink()
+            stale.unlink()
         save_onnx(graph, tmp, external)
-        with steps("checking graph"):
-            report = inspect_model(onnx.load(str(tmp), load_external_data=False), output)
-        for f in report.findings:
-            steps.note(f"{'ok  ' if f.ok else 'FAIL'} {f.check}: {f.detail}")
-        if not report.passed:
-            raise CheckFailed(f"graph check failed: {report.failure_summary()}")
-        if opts.verify:
-            with steps(f"verifying with onnxruntime at batch {', '.join(map(str, opts.verify_batches))}"):
-                with OnnxRuntimeRunner(tmp) as ort_runner:
-                    parity = run_parity(lambda b: references[len(b)], ort_runner, batches, TOLERANCES["fp32"])
-            steps.note(describe(parity["overall"]))
-            if not parity["passed"]:
-                raise CheckFailed("parity check failed: " + "; ".join(parity["failures"]))
-        record = {
-            "format": "onnx", **spec.describe(model), "opset": opts.opset, "precision": "fp32",
-            "batch_range": [opts.min_batch, opts.max_batch], "input": INPUT_NAME, "output": OUTPUT_NAME,
-            "external_data": external, "simplifier": opts.simplify,
-            "external_data_sha256": sha256(tmp.with_name(tmp.name + ".data")) if external else None,
-            "checkpoint_sha256": sha256(spec.checkpoint) if spec.checkpoint else None,
-            "graph": report.to_dict(), "parity": parity, "options": {k: str(v) for k, v in asdict(opts).items()},
-            "notes": spec.notes, "timings_s": steps.timings,
-        }
-        write_sidecar(tmp, record)
-    return {"output": output, "sidecar": sidecar_path(output), "report": report, "parity": parity}
+        del graph
+        return finish(tmp, record, steps, check=check_onnx, parity=parity)
+
+
+def check_onnx(path: Path):
+    """The graph check `inspect` runs, on the file as written (structure only: no external data)."""
+    return inspect_model(onnx.load(str(path), load_external_data=False), path)

@@ -10,9 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 
+# Progress and errors go to stderr; tables and JSON that users pipe go to stdout.
+console = Console(stderr=True, highlight=False)
+
+
 class Steps:
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self, out: Console = console) -> None:
+        self.console = out
         self.timings: dict[str, float] = {}
 
     @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """`fvdeploy quantize`: precision decided in the ONNX graph (TensorRT 11 has no precision flags).
 
 FP16: our converter (fp16.py). INT8: explicit Q/DQ, symmetric int8, per-channel weights, placed
-where TensorRT fuses (inputs of Conv/MatMul/Gemm and residual Adds; never Softmax/LayerNorm), the
-rest in FP16. NVIDIA ModelOpt's ONNX PTQ is used where it is installed; onnxruntime's
-``quantize_static`` (QDQ) is the fallback. Scales can be cached so a rebuild skips calibration.
+where TensorRT fuses, the rest in FP16. NVIDIA ModelOpt's ONNX PTQ is used where it is installed;
+onnxruntime's ``quantize_static`` (QDQ) is the fallback. Scales can be cached so a rebuild skips
+calibration.
 """
 
 from __future__ import annotations
@@ -20,92 +20,74 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .artifacts import atomic_output, check_output_path, sha256, write_sidecar
-from .errors import CheckFailed, FvdeployError, MissingDependency
-from .fp16 import DEFAULT_FP32_OPS, convert_to_fp16, float_types
+from .errors import FvdeployError, MissingDependency
+from .files import atomic_output
+from .fp16 import convert_to_fp16, float_types
 from .graph_check import Graph, inspect_model
 from .images import batch_of, list_images, load_batch, open_image, preprocess
-from .onnx_metadata import read_metadata, write_metadata
+from .pipeline import ParityJob, finish
 from .progress import Steps
+from .record import ArtifactRecord, FileRef, embed_in_onnx, read_record
 from .runners import OnnxRuntimeRunner
-from .verify import TOLERANCES, describe, read_sidecar, run_parity
+from .options import DEFAULT_FP32_OPS, CalibrationMethod, CalibrationOptions, QuantBackend, Tolerance
+from .verify import TOLERANCES
 
-METHODS = ("entropy", "max", "percentile")
-BACKENDS = ("auto", "modelopt", "onnxruntime")
 WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
+EVAL_IMAGES = 8  # images the parity figures against the FP32 graph use
 
 
-@dataclass
-class QuantizeOptions:
+@dataclass(frozen=True)
+class QuantizeJob:
+    source: Path  # the FP32 ONNX (written by an earlier stage of the same plan, or given)
     precision: str  # "fp16" | "int8"
-    calib_dir: Path | None = None
-    calib_images: int = 512
-    method: str = "entropy"
-    calib_cache: Path | None = None
-    exclude: list[str] = field(default_factory=list)  # fnmatch patterns over node names
-    backend: str = "auto"
+    output: Path
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    tolerance: Tolerance = field(default_factory=Tolerance)  # overrides of the per-precision defaults
     keep_fp32: tuple[str, ...] = DEFAULT_FP32_OPS
-    eval_dir: Path | None = None  # images for the parity figures (default: scikit-image photos)
+    images: Path | None = None  # images for the parity figures (default: scikit-image photos)
+    overwrite: bool = False
 
-    def validate(self) -> None:
-        if self.precision not in ("fp16", "int8"):
-            raise FvdeployError("choose --fp16 or --int8")
+    def argv(self) -> tuple[str, ...]:
+        args = ["quantize", str(self.source), f"--{self.precision}"]
         if self.precision == "int8":
-            if self.method not in METHODS:
-                raise FvdeployError(f"--method must be one of {', '.join(METHODS)}")
-            if self.backend not in BACKENDS:
-                raise FvdeployError(f"--backend must be one of {', '.join(BACKENDS)}")
-            if self.calib_images < 1:
-                raise FvdeployError("--calib-images must be at least 1")
-            cached = self.calib_cache is not None and Path(self.calib_cache).is_file()
-            if self.calib_dir is None and not cached:
-                raise FvdeployError("--int8 needs --calib-dir (a folder of real images) or an existing --calib-cache")
+            args += self.calibration.argv()
+        for op in self.keep_fp32 if tuple(self.keep_fp32) != DEFAULT_FP32_OPS else ():
+            args += ["--keep-fp32", op]
+        args += self.tolerance.argv()
+        if self.images is not None:
+            args += ["--images", str(self.images)]
+        return (*args, "--output", str(self.output))
+
+    def run(self, steps: Steps) -> ArtifactRecord:
+        return quantize(self, steps)
 
 
 def modelopt_available() -> bool:
     return importlib.util.find_spec("modelopt") is not None and importlib.util.find_spec("onnx_graphsurgeon") is not None
 
 
-def choose_backend(opts: QuantizeOptions) -> str:
-    if opts.backend == "modelopt" and not modelopt_available():
+def choose_backend(opts: CalibrationOptions) -> str:
+    if opts.backend is QuantBackend.modelopt and not modelopt_available():
         raise MissingDependency("--backend modelopt needs nvidia-modelopt and onnx_graphsurgeon (see README)")
-    if opts.backend != "auto":
-        if opts.backend == "modelopt" and opts.method == "percentile":
+    if opts.backend is not QuantBackend.auto:
+        if opts.backend is QuantBackend.modelopt and opts.method is CalibrationMethod.percentile:
             raise FvdeployError("ModelOpt calibrates with entropy or max; use --backend onnxruntime for percentile")
-        return opts.backend
-    return "modelopt" if modelopt_available() and opts.method != "percentile" else "onnxruntime"
+        return opts.backend.value
+    return "modelopt" if modelopt_available() and opts.method is not CalibrationMethod.percentile else "onnxruntime"
 
 
-def preprocessing_of(onnx_path: Path, graph: onnx.ModelProto) -> tuple[dict, tuple[int, int], dict]:
-    """The eval preprocessing and input size the graph expects (from its sidecar or metadata)."""
-    side = read_sidecar(onnx_path)
-    dims = graph.graph.input[0].type.tensor_type.shape.dim
-    size = (dims[2].dim_value, dims[3].dim_value)
-    if side.get("preprocessing"):
-        return side["preprocessing"], size, side
-    meta = read_metadata(graph)
-    if "fvdeploy.mean" in meta:
-        from fastervit import get_entry
-
-        pre = get_entry(meta["fvdeploy.model"]).pretrained.to_dict()
-        pre.update(mean=[float(v) for v in meta["fvdeploy.mean"].split(",")],
-                   std=[float(v) for v in meta["fvdeploy.std"].split(",")])
-        return pre, size, side
-    raise FvdeployError(f"{onnx_path.name} has no fvdeploy sidecar or metadata: export it with `fvdeploy export-onnx`")
-
-
-def calibration_data(folder: Path, count: int, size: tuple[int, int], pre: dict, steps: Steps) -> np.ndarray:
+def calibration_data(folder: Path, count: int, size: tuple[int, int], record: ArtifactRecord, steps: Steps) -> np.ndarray:
     files = list_images(folder, count)
     if len(files) < min(count, 500):
         steps.note(f"calibrating on {len(files)} images (NVIDIA recommends 500 or more)")
-    return np.stack([preprocess(open_image(p), size, pre) for p in files])
+    return np.stack([preprocess(open_image(p), size, record.model.preprocessing) for p in files])
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
 
 
-def quantizable_nodes(graph: onnx.ModelProto, exclude: list[str]) -> list[str]:
+def quantizable_nodes(graph: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
     """Conv/MatMul/Gemm and residual Adds (both inputs activations), minus excluded names."""
     g = Graph(graph)
     return [n.name for n in g.nodes
@@ -113,7 +95,7 @@ def quantizable_nodes(graph: onnx.ModelProto, exclude: list[str]) -> list[str]:
             and not _matches(n.name, exclude)]
 
 
-def excluded_nodes(graph: onnx.ModelProto, exclude: list[str]) -> list[str]:
+def excluded_nodes(graph: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
     return [n.name for n in graph.graph.node if _matches(n.name, exclude)]
 
 
@@ -141,12 +123,13 @@ class _Reader:
         self.pos = start_index
 
 
-def int8_onnxruntime(src: Path, out: Path, data: np.ndarray | None, opts: QuantizeOptions) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+def int8_onnxruntime(src: Path, out: Path, data: np.ndarray | None, opts: CalibrationOptions,
+                     keep_fp32: tuple[str, ...]) -> None:
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(src))
-    method = {"entropy": CalibrationMethod.Entropy, "max": CalibrationMethod.MinMax,
-              "percentile": CalibrationMethod.Percentile}[opts.method]
+    method = {"entropy": OrtMethod.Entropy, "max": OrtMethod.MinMax, "percentile": OrtMethod.Percentile}[opts.method.value]
     reader = _Reader(graph.graph.input[0].name, data) if data is not None else None
     qdq = out.with_name(out.name + ".qdq.onnx")
     logging.getLogger().setLevel(logging.ERROR)
@@ -154,7 +137,7 @@ def int8_onnxruntime(src: Path, out: Path, data: np.ndarray | None, opts: Quanti
         str(src), str(qdq), reader, quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         nodes_to_quantize=quantizable_nodes(graph, opts.exclude), calibrate_method=method,
-        calibration_cache_path=str(opts.calib_cache) if opts.calib_cache else None,
+        calibration_cache_path=str(opts.cache) if opts.cache else None,
         extra_options={
             "ActivationSymmetric": True, "WeightSymmetric": True,  # TensorRT needs zero points of 0
             "QuantizeBias": False,  # TensorRT wants float biases
@@ -164,21 +147,21 @@ def int8_onnxruntime(src: Path, out: Path, data: np.ndarray | None, opts: Quanti
         },
     )
     # Everything left in float runs in FP16, as ModelOpt does.
-    onnx.save(convert_to_fp16(onnx.load(str(qdq)), keep_fp32=opts.keep_fp32), str(out))
+    onnx.save(convert_to_fp16(onnx.load(str(qdq)), keep_fp32=keep_fp32), str(out))
     qdq.unlink()
 
 
-def int8_modelopt(src: Path, out: Path, data: np.ndarray | None, opts: QuantizeOptions) -> None:
+def int8_modelopt(src: Path, out: Path, data: np.ndarray | None, opts: CalibrationOptions) -> None:
     from modelopt.onnx.quantization import quantize as mo_quantize
 
     source = onnx.load(str(src), load_external_data=False)
     if data is None:  # cache hit: ModelOpt still wants one sample to shape its calibration session
         dims = [d.dim_value or 1 for d in source.graph.input[0].type.tensor_type.shape.dim]
         data = np.zeros(dims, np.float32)
-    cache = Path(opts.calib_cache) if opts.calib_cache else None
+    cache = Path(opts.cache) if opts.cache else None
     mo_quantize(
         str(src), quantize_mode="int8", calibration_data={source.graph.input[0].name: data},
-        calibration_method=opts.method, calibration_cache_path=str(cache) if cache and cache.is_file() else None,
+        calibration_method=opts.method.value, calibration_cache_path=str(cache) if cache and cache.is_file() else None,
         calibration_eps=["cpu"], nodes_to_exclude=excluded_nodes(source, opts.exclude) or None,
         high_precision_dtype="fp16", output_path=str(out), log_level="ERROR",
     )
@@ -220,71 +203,53 @@ def _version(package: str) -> str | None:
         return None
 
 
-def quantize(onnx_path: Path, output: Path | None, opts: QuantizeOptions, steps: Steps, overwrite: bool = False) -> dict:
-    opts.validate()
-    if not Path(onnx_path).is_file():
-        raise FvdeployError(f"ONNX file not found: {onnx_path}")
-    graph = onnx.load(str(onnx_path), load_external_data=False)
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer):
-        raise FvdeployError(f"{onnx_path.name} keeps its weights in external data (> 2 GB): quantize handles "
-                            "models below 2 GB; build FP32 engines from it, or quantize with ModelOpt's CLI")
-    pre, size, source_side = preprocessing_of(onnx_path, graph)
-    output = Path(output or onnx_path.with_name(f"{onnx_path.stem}_{opts.precision}.onnx"))
-    if output.resolve() == Path(onnx_path).resolve():
-        raise FvdeployError("output would overwrite the input ONNX")
-    check_output_path(output, overwrite, ".onnx")
-    record: dict = {k: v for k, v in source_side.items() if k in ("model", "resolution", "window_size", "ct_size",
-                                                                  "num_classes", "checkpoint", "weights", "preprocessing",
-                                                                  "batch_range", "input", "output")}
-    record.update(format="onnx", precision=opts.precision, source=str(onnx_path), source_sha256=sha256(onnx_path))
-
-    with atomic_output(output, companions=(".json",)) as tmp:
-        if opts.precision == "fp16":
+def quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
+    src = read_record(job.source)
+    size = src.model.resolution
+    details: dict = {}
+    with atomic_output(job.output, job.overwrite) as tmp:
+        if job.precision == "fp16":
             with steps("converting to FP16"):
-                onnx.save(convert_to_fp16(onnx.load(str(onnx_path)), keep_fp32=opts.keep_fp32), str(tmp))
-            record["fp16"] = {"kept_fp32_ops": list(opts.keep_fp32), "converter": "fvdeploy"}
+                onnx.save(convert_to_fp16(onnx.load(str(job.source)), keep_fp32=job.keep_fp32), str(tmp))
+            details["fp16"] = {"kept_fp32_ops": list(job.keep_fp32), "converter": "fvdeploy"}
         else:
+            opts = job.calibration
             backend = choose_backend(opts)
-            cache_hit = opts.calib_cache is not None and Path(opts.calib_cache).is_file()
             data = None
-            if cache_hit:
-                steps.note(f"using calibration cache {opts.calib_cache} (calibration skipped)")
+            if opts.cache_hit:
+                steps.note(f"using calibration cache {opts.cache} (calibration skipped)")
             else:
-                with steps(f"loading calibration images from {opts.calib_dir}"):
-                    data = calibration_data(Path(opts.calib_dir), opts.calib_images, size, pre, steps)
+                with steps(f"loading calibration images from {opts.folder}"):
+                    data = calibration_data(Path(opts.folder), opts.images, size, src, steps)
             start = time.perf_counter()
-            with steps(f"INT8 Q/DQ with {backend} ({opts.method} calibration)"):
+            with steps(f"INT8 Q/DQ with {backend} ({opts.method.value} calibration)"):
                 if backend == "modelopt":
-                    in_child_process(int8_modelopt, Path(onnx_path), tmp, data, opts)
+                    in_child_process(int8_modelopt, job.source, tmp, data, opts)
                 else:
-                    int8_onnxruntime(Path(onnx_path), tmp, data, opts)
-            record["int8"] = {
+                    int8_onnxruntime(job.source, tmp, data, opts, job.keep_fp32)
+            details["int8"] = {
                 "backend": backend, "backend_version": _version("nvidia-modelopt" if backend == "modelopt" else "onnxruntime"),
-                "method": opts.method, "calibration_images": 0 if data is None else len(data),
-                "calibration_dir": str(opts.calib_dir) if opts.calib_dir else None,
-                "calibration_cache": str(opts.calib_cache) if opts.calib_cache else None,
-                "calibration_cache_sha256": sha256(opts.calib_cache) if opts.calib_cache and Path(opts.calib_cache).is_file() else None,
-                "cache_hit": cache_hit, "excluded": opts.exclude,
+                "method": opts.method.value, "calibration_images": 0 if data is None else len(data),
+                "calibration_dir": str(opts.folder) if opts.folder else None,
+                "calibration_cache": str(opts.cache) if opts.cache else None,
+                "cache_hit": opts.cache_hit, "excluded": list(opts.exclude),
                 "seconds": round(time.perf_counter() - start, 2),
             }
         result = onnx.load(str(tmp), load_external_data=False)
-        if "int8" in record:
-            record["int8"]["qdq_pairs"] = sum(1 for n in result.graph.node if n.op_type == "QuantizeLinear")
-        # Backends may drop the source's metadata: carry it over and record the new precision.
-        write_metadata(result, {**read_metadata(graph), **read_metadata(result), "fvdeploy.precision": opts.precision})
+        if "int8" in details:
+            details["int8"]["qdq_pairs"] = sum(1 for n in result.graph.node if n.op_type == "QuantizeLinear")
+        details["initializer_types"] = float_types(result)
+        record = src.replace(precision=job.precision, command=job.argv(), source=FileRef.of(job.source),
+                             details=details, checks=None, parity=None, notes=(), files={}, tools={}, created="")
+        embed_in_onnx(result, record)  # backends drop the source's metadata
         onnx.save(result, str(tmp))
-        record["initializer_types"] = float_types(result)
-        with steps("checking graph"):
-            report = inspect_model(result, output)
-        if not report.passed:
-            raise CheckFailed(f"graph check failed: {report.failure_summary()}")
-        with steps(f"comparing {opts.precision} with the FP32 graph on real images"):
-            images = batch_of(load_batch(size, pre, opts.eval_dir), 8)
-            with OnnxRuntimeRunner(onnx_path) as ref, OnnxRuntimeRunner(tmp) as cand:
-                parity = run_parity(ref.infer, cand, [images], TOLERANCES[opts.precision])
-        steps.note(describe(parity["overall"]))
-        record.update(graph=report.to_dict(), parity_vs_fp32=parity, timings_s=steps.timings)
-        if not parity["passed"]:
-            raise CheckFailed(f"{opts.precision} parity check failed: " + "; ".join(parity["failures"]))
-        write_sidecar(tmp, record)
-    return {"output": output, "record": record}
+        with steps("the FP32 graph on real images"):
+            images = batch_of(load_batch(size, src.model.preprocessing, job.images), EVAL_IMAGES)
+        kinds = {o.name: o.kind for o in src.outputs}
+        fp32 = OnnxRuntimeRunner(job.source, kinds=kinds)
+        with fp32:
+            references = fp32.infer(images)
+        parity = ParityJob(f"comparing {job.precision} with the FP32 graph on real images",
+                           lambda path: OnnxRuntimeRunner(path, kinds=kinds, batch_range=src.batch_range),
+                           lambda _: references, [images], TOLERANCES[job.precision].override(job.tolerance))
+        return finish(tmp, record, steps, check=lambda path: inspect_model(onnx.load(str(path)), path), parity=parity)

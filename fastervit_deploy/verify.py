@@ -1,24 +1,15 @@
-"""Parity of an artifact against PyTorch: error figures, top-k agreement, per-precision tolerances."""
+"""Parity of an artifact against a reference: error figures per output, top-k agreement, tolerances."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .artifacts import sidecar_path
-from .errors import CheckFailed, FvdeployError
-from .runners import Runner
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    max_abs: float | None = None
-    min_cosine: float | None = None
-    min_top1: float | None = None
+from .errors import CheckFailed
+from .options import Tolerance
+from .runners import Outputs, Runner
 
 
 # fp32 must match to rounding; reduced precisions are judged by direction (cosine) and decisions.
@@ -27,80 +18,71 @@ TOLERANCES = {
     "fp16": Tolerance(min_cosine=0.999, min_top1=0.9),
     "int8": Tolerance(min_cosine=0.99, min_top1=0.8),
 }
+CLASS_KINDS = ("logits", "probabilities")
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Error figures of candidate logits against reference logits ``[N, classes]``."""
-    ref = np.asarray(reference, np.float64)
-    out = np.asarray(candidate, np.float64)
-    if ref.shape != out.shape:
-        raise CheckFailed(f"output shape {list(out.shape)} differs from PyTorch's {list(ref.shape)}")
+def compare(reference: np.ndarray, candidate: np.ndarray, kind: str = "logits") -> dict[str, float]:
+    """Error figures of one output ``[N, ...]``; top-k agreement for class scores."""
+    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    out = np.asarray(candidate, np.float64).reshape(len(candidate), -1)
+    if np.shape(reference) != np.shape(candidate):
+        raise CheckFailed(f"output shape {list(np.shape(candidate))} differs from the reference's {list(np.shape(reference))}")
     diff = np.abs(ref - out)
     cos = (ref * out).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
-    k = min(5, ref.shape[1])
-    top_ref, top_out = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
-    return {
-        "samples": int(ref.shape[0]),
-        "max_abs": float(diff.max()),
-        "mean_abs": float(diff.mean()),
-        "cosine_min": float(cos.min()),
-        "top1_agreement": float((top_ref[:, 0] == top_out[:, 0]).mean()),
-        "top5_agreement": float(np.mean([set(a) == set(b) for a, b in zip(top_ref, top_out)])),
-    }
+    metrics = {"samples": int(ref.shape[0]), "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+               "max_abs_rel": float(diff.max() / max(np.abs(ref).max(), 1e-30)), "cosine_min": float(cos.min())}
+    if kind in CLASS_KINDS:
+        k = min(5, ref.shape[1])
+        top_ref, top_out = np.argsort(-ref, 1)[:, :k], np.argsort(-out, 1)[:, :k]
+        metrics["top1_agreement"] = float((top_ref[:, 0] == top_out[:, 0]).mean())
+        metrics["top5_agreement"] = float(np.mean([set(a) == set(b) for a, b in zip(top_ref, top_out)]))
+    return metrics
 
 
 def merge(results: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Combine per-batch figures (worst case for errors, sample-weighted for agreements)."""
+    """Combine figures (worst case for errors, sample-weighted for means and agreements)."""
     n = sum(r["samples"] for r in results)
     weighted = lambda key: sum(r[key] * r["samples"] for r in results) / n  # noqa: E731
-    return {"samples": n, "max_abs": max(r["max_abs"] for r in results), "mean_abs": weighted("mean_abs"),
-            "cosine_min": min(r["cosine_min"] for r in results), "top1_agreement": weighted("top1_agreement"),
-            "top5_agreement": weighted("top5_agreement")}
+    out = {"samples": n, "max_abs": max(r["max_abs"] for r in results), "mean_abs": weighted("mean_abs"),
+           "max_abs_rel": max(r["max_abs_rel"] for r in results), "cosine_min": min(r["cosine_min"] for r in results)}
+    if all("top1_agreement" in r for r in results):
+        out.update(top1_agreement=weighted("top1_agreement"), top5_agreement=weighted("top5_agreement"))
+    return out
 
 
-def failures(metrics: dict[str, float], tol: Tolerance) -> list[str]:
+def failures(metrics: dict[str, float], tol: Tolerance, label: str = "") -> list[str]:
+    prefix = f"{label}: " if label else ""
     out = []
     if tol.max_abs is not None and metrics["max_abs"] > tol.max_abs:
-        out.append(f"max |Δ| {metrics['max_abs']:.3g} > {tol.max_abs:g}")
+        out.append(f"{prefix}max |Δ| {metrics['max_abs']:.3g} > {tol.max_abs:g}")
     if tol.min_cosine is not None and metrics["cosine_min"] < tol.min_cosine:
-        out.append(f"cosine {metrics['cosine_min']:.6f} < {tol.min_cosine:g}")
-    if tol.min_top1 is not None and metrics["top1_agreement"] < tol.min_top1:
-        out.append(f"top-1 agreement {metrics['top1_agreement']:.1%} < {tol.min_top1:.0%}")
+        out.append(f"{prefix}cosine {metrics['cosine_min']:.6f} < {tol.min_cosine:g}")
+    if tol.min_top1 is not None and "top1_agreement" in metrics and metrics["top1_agreement"] < tol.min_top1:
+        out.append(f"{prefix}top-1 agreement {metrics['top1_agreement']:.1%} < {tol.min_top1:.1%}")
     return out
 
 
 def describe(metrics: dict[str, float]) -> str:
-    return (f"max |Δ| {metrics['max_abs']:.2e}, mean |Δ| {metrics['mean_abs']:.2e}, cosine {metrics['cosine_min']:.6f}, "
-            f"top-1 {metrics['top1_agreement']:.0%}, top-5 {metrics['top5_agreement']:.0%} ({metrics['samples']} images)")
+    text = (f"max |Δ| {metrics['max_abs']:.2e} (rel {metrics['max_abs_rel']:.1e}), mean |Δ| {metrics['mean_abs']:.2e}, "
+            f"cosine {metrics['cosine_min']:.6f}")
+    if "top1_agreement" in metrics:
+        text += f", top-1 {metrics['top1_agreement']:.0%}, top-5 {metrics['top5_agreement']:.0%}"
+    return f"{text} ({metrics['samples']} images)"
 
 
-def run_parity(reference: Callable[[np.ndarray], np.ndarray], candidate: Runner, batches: Sequence[np.ndarray],
+def run_parity(reference: Callable[[np.ndarray], Outputs], candidate: Runner, batches: Sequence[np.ndarray],
                tol: Tolerance) -> dict:
-    """Run every batch through both; return per-batch and overall figures plus pass/fail."""
-    per_batch = {}
+    """Every batch through both; per output and batch figures, overall figures, pass/fail."""
+    per_output: dict[str, dict[str, dict]] = {}
     for batch in batches:
-        per_batch[str(len(batch))] = compare(reference(batch), candidate.infer(batch))
-    overall = merge(list(per_batch.values()))
-    problems = failures(overall, tol)
-    return {"batches": per_batch, "overall": overall, "tolerance": asdict(tol), "passed": not problems,
+        ref, out = reference(batch), candidate.infer(batch)
+        for spec in candidate.outputs:
+            per_output.setdefault(spec.name, {})[str(len(batch))] = compare(ref[spec.name], out[spec.name], spec.kind)
+    outputs = {name: {"batches": b, "overall": merge(list(b.values()))} for name, b in per_output.items()}
+    problems = [p for name, o in outputs.items()
+                for p in failures(o["overall"], tol, name if len(outputs) > 1 else "")]
+    overall = merge([o["overall"] for o in outputs.values()]) if len(outputs) > 1 else next(iter(outputs.values()))["overall"]
+    if len(outputs) > 1:  # samples count images, not outputs
+        overall["samples"] = next(iter(outputs.values()))["overall"]["samples"]
+    return {"outputs": outputs, "overall": overall, "tolerance": asdict(tol), "passed": not problems,
             "failures": problems}
-
-
-def read_sidecar(artifact: str | Path) -> dict:
-    path = sidecar_path(artifact)
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise FvdeployError(f"sidecar {path} is not valid JSON") from None
-
-
-def tolerance_for(precision: str, max_abs: float | None = None, min_cosine: float | None = None,
-                  min_top1: float | None = None) -> Tolerance:
-    if precision not in TOLERANCES:
-        raise FvdeployError(f"unknown precision {precision!r} (known: {', '.join(TOLERANCES)})")
-    base = TOLERANCES[precision]
-    return Tolerance(max_abs if max_abs is not None else base.max_abs,
-                     min_cosine if min_cosine is not None else base.min_cosine,
-                     min_top1 if min_top1 is not None else base.min_top1)

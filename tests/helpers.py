@@ -1,17 +1,24 @@
-"""Shared test helpers: CLI invocation and small exports."""
+"""Shared test helpers: CLI invocation, tiny models, small exports, independent parity."""
 
 from __future__ import annotations
 
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from typer.testing import CliRunner
 
-from fastervit_deploy import commands  # noqa: F401 - registers the commands on the app
-from fastervit_deploy.cli import app
-from fastervit_deploy.model_options import ModelSpec
-from fastervit_deploy.onnx_export import ExportOptions, export_onnx
+from fastervit import save_checkpoint
+from fastervit_deploy.cli import run
+from fastervit_deploy.model_spec import resolve_model
+from fastervit_deploy.options import BatchProfile, ModelRequest, OnnxOptions, OutputTarget
+from fastervit_deploy.plan import plan_export
 from fastervit_deploy.progress import Steps
+from fastervit_deploy.record import ArtifactRecord, embedded_record
+from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
 
 from .conftest import TINY
 
@@ -20,13 +27,23 @@ def quiet_steps() -> Steps:
     return Steps(Console(quiet=True))
 
 
-def cli(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
+@dataclass
+class CliResult:
+    exit_code: int
+    output: str  # stdout and stderr, interleaved as written
+    stdout: str
+
+
+def cli(*args: str) -> CliResult:
+    """The command line in-process, through the same entry point as the `fvdeploy` script."""
+    with CliRunner().isolation() as (out, _, mixed):
+        code = run([str(a) for a in args], prog_name="fvdeploy")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return CliResult(code, mixed.getvalue().decode(), out.getvalue().decode())
 
 
 def assert_one_line_error(result, pattern: str, code: int | None = None) -> None:
-    import re
-
     assert result.exit_code != 0, result.output
     if code is not None:
         assert result.exit_code == code, result.output
@@ -36,10 +53,36 @@ def assert_one_line_error(result, pattern: str, code: int | None = None) -> None
     assert re.search(pattern, result.output.replace("\n", " ")), result.output
 
 
-def tiny_spec(name: str = "faster_vit_0_224", **extra) -> ModelSpec:
-    return ModelSpec(name, extra={**TINY, **extra})
+def tiny_request(name: str = "faster_vit_0_224", resolution=None, window_size=None, seed: int = 0,
+                 **extra) -> ModelRequest:
+    return ModelRequest(name, resolution=tuple(resolution) if resolution else None,
+                        window_size=tuple(window_size) if window_size else None, seed=seed, overrides={**TINY, **extra})
 
 
-def export_tiny(tmp_path: Path, name: str = "faster_vit_0_224", opts: ExportOptions | None = None, **extra) -> dict:
-    spec = tiny_spec(name, **extra)
-    return export_onnx(spec, tmp_path / f"{name}.onnx", opts or ExportOptions(), quiet_steps())
+def export_tiny(tmp_path: Path, name: str = "faster_vit_0_224", onnx: OnnxOptions = OnnxOptions(),
+                batch: BatchProfile = BatchProfile(), verify: bool = True, filename: str | None = None,
+                **extra) -> tuple[Path, ArtifactRecord]:
+    out = tmp_path / (filename or f"{name}.onnx")
+    record = plan_export(tiny_request(name, **extra), OutputTarget(out), onnx, batch, verify=verify).run(quiet_steps())
+    return out, record
+
+
+def tiny_checkpoint(path: Path, name: str = "faster_vit_0_224", **extra) -> Path:
+    """An fvdeploy checkpoint of a tiny model: it carries its architecture, so the CLI can name it."""
+    save_checkpoint(resolve_model(tiny_request(name, **extra)).build(), path)
+    return path
+
+
+def independent_parity(onnx_path: Path, batches=(1, 3), seed: int = 1) -> float:
+    """Re-open a written ONNX: rebuild the PyTorch model from the record embedded in the file itself and
+    compare on fresh inputs; returns max |Δ| over every output."""
+    record = embedded_record(onnx_path)
+    model = record.model.build()
+    worst = 0.0
+    with OnnxRuntimeRunner(onnx_path) as ort, TorchRunner(model, record.model.input, record.model.outputs) as ref:
+        for n in batches:
+            x = np.random.default_rng(seed + n).standard_normal((n, *record.model.input.shape), dtype=np.float32)
+            got, want = ort.infer(x), ref.infer(x)
+            assert got.keys() == want.keys()
+            worst = max(worst, max(float(np.abs(got[k] - want[k]).max()) for k in want))
+    return worst

@@ -1,30 +1,34 @@
-"""The command line: help, models, and one-line errors for bad input with nothing left on disk."""
+"""The command line: help, models, formats, and one-line errors for bad input with nothing left on disk."""
 
 import json
 
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
-from fastervit_deploy.images import load_batch
-from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
-from fastervit_deploy.verify import TOLERANCES, run_parity
-
-from .helpers import assert_one_line_error, cli, export_tiny, tiny_spec
+from .helpers import assert_one_line_error, cli, export_tiny
 
 
 def test_version_and_help():
     assert cli("--version").output.strip().startswith("fvdeploy ")
     out = cli("--help").output
-    for name in ("export-onnx", "inspect", "verify", "benchmark", "models"):
+    for name in ("export-onnx", "inspect", "verify", "benchmark", "models", "quantize", "build-trt", "coreml"):
         assert name in out
+    # option groups show as panels of their own
+    help_text = cli("build-trt", "--help").output
+    for panel in ("Model", "Precision", "INT8 calibration", "Batch range", "TensorRT builder", "ONNX", "Output"):
+        assert f"─ {panel} " in help_text, panel
 
 
 def test_formats_table_says_what_runs_here():
     import platform
 
-    lines = {line.split("│")[1].strip(): line for line in cli("formats").output.splitlines() if line.count("│") > 4}
-    assert set(lines) >= {"onnx", "tensorrt", "coreml"}
-    assert "yes" in lines["onnx"]
-    assert ("yes" in lines["coreml"]) == (platform.system() == "Darwin")
+    rows = {r["format"]: r for r in json.loads(cli("formats", "--json").stdout)}
+    assert set(rows) == {"onnx", "tensorrt", "coreml"}
+    assert rows["onnx"]["run_here"] == "yes" and rows["coreml"]["convert_here"] == "yes"
+    assert (rows["coreml"]["run_here"] == "yes") == (platform.system() == "Darwin")
+    assert rows["tensorrt"]["files"] == [".plan", ".engine"]
 
 
 def test_models_table_lists_variants_with_param_counts():
@@ -40,17 +44,20 @@ def test_models_table_lists_variants_with_param_counts():
         (["--model", "faster_vit_0_22"], r"unknown model 'faster_vit_0_22'; did you mean faster_vit_0_224"),
         (["--model", "faster_vit_0_224", "--resolution", 240, 240], r"240x240 cannot work: .*sizes that work nearby: 224x224"),
         (["--model", "faster_vit_0_224", "--resolution", 224, 320], r"takes square inputs; use faster_vit_0_any_res"),
+        # the any-res twin comes from the registry (same weights), not from editing the name
+        (["--model", "faster_vit_4_21k_224", "--resolution", 224, 320], r"use faster_vit_4_21k_224_any_res for 224x320"),
         (["--model", "faster_vit_0_any_res", "--resolution", -576, 960], r"--resolution must be positive"),
         (["--model", "faster_vit_0_224", "--checkpoint", "missing.pth.tar"], r"checkpoint not found: missing.pth.tar"),
-        (["--model", "faster_vit_0_224", "--opset", 11], r"opset 11 is not supported"),
+        (["--model", "faster_vit_0_224", "--opset", 11], r"'--opset': Input should be greater than or equal to 17"),
         (["--model", "faster_vit_0_224", "--min-batch", 8, "--max-batch", 4], r"batch range 8..4 is invalid"),
-        (["--model", "faster_vit_0_224", "--window-size", "7,7"], r"--window-size takes 1 or 4 values"),
-        (["--model", "faster_vit_0_224", "--simplify", "magic"], r"--simplify must be one of"),
+        (["--model", "faster_vit_0_224", "--window-size", "7,7"], r"--window-size takes 1 or 4 positive values"),
+        (["--model", "faster_vit_0_224", "--simplify", "magic"], r"'magic' is not one of 'onnxslim', 'onnxsim', 'none'"),
+        ([], r"give --model NAME"),
     ],
 )
 def test_export_bad_input(args, pattern, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert_one_line_error(cli("export-onnx", *args), pattern)
+    assert_one_line_error(cli("export-onnx", *args), pattern, code=2)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -81,45 +88,43 @@ def test_inspect_rejects_non_onnx_and_reports_json(tmp_path):
     bad.write_text("hello")
     assert_one_line_error(cli("inspect", bad), r"notes.onnx is not an ONNX model")
     assert_one_line_error(cli("inspect", tmp_path / "absent.onnx"), r"ONNX file not found")
-    path = export_tiny(tmp_path)["output"]
+    path, _ = export_tiny(tmp_path)
     result = cli("inspect", path, "--json")
     assert result.exit_code == 0
-    report = json.loads(result.output)
-    assert report["passed"] and report["ops"]["Softmax"] == report["attention_blocks"]
+    report = json.loads(result.stdout)
+    # tiny model: 2 HAT blocks in stage 2 (window + carrier attention each) and 1 block in stage 3
+    assert report["passed"] and report["ops"]["Softmax"] == report["attention_blocks"] == 5
 
 
-def test_verify_detects_a_wrong_artifact(tmp_path):
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    path = export_tiny(tmp_path)["output"]
+def test_verify_detects_a_changed_and_a_wrong_artifact(tmp_path):
+    path, _ = export_tiny(tmp_path)
     model = onnx.load(str(path))
     head_bias = next(t for t in model.graph.initializer if list(t.dims) == [10])
     head_bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(head_bias) + np.float32(0.5), head_bias.name))
     onnx.save(model, str(path))
-    # The sidecar names the tiny architecture only through the API, so compare through it here.
-    torch_model = tiny_spec().build()
-    batch = load_batch((224, 224), torch_model.pretrained_cfg)
-    with OnnxRuntimeRunner(path) as runner:
-        result = run_parity(TorchRunner(torch_model).infer, runner, [batch], TOLERANCES["fp32"])
-    assert not result["passed"] and result["overall"]["max_abs"] == pytest.approx(0.5, abs=1e-3)
-    assert "max |Δ| 0.5 > 0.0001" in result["failures"][0]
-    # Through the CLI the full-size model is rebuilt, which does not match the tiny artifact: exit 1.
-    assert_one_line_error(cli("verify", path, "--model", "faster_vit_0_224"), r"output shape \[8, 10\] differs", code=1)
+    # The sidecar's sha256 no longer matches: verify says which file changed instead of comparing.
+    assert_one_line_error(cli("verify", path), r"faster_vit_0_224.onnx changed since its sidecar", code=2)
+    # Without the sidecar, the record embedded in the ONNX names the (tiny) model; the comparison fails.
+    path.with_name(path.name + ".json").unlink()
+    result = cli("verify", path, "--json", tmp_path / "v.json")
+    assert_one_line_error(result, r"verification failed: max \|Δ\| 0.5\d* > 0.0001", code=1)
+    assert json.loads((tmp_path / "v.json").read_text())["overall"]["max_abs"] == pytest.approx(0.5, abs=1e-3)
 
 
 def test_verify_and_benchmark_bad_input(tmp_path):
-    assert_one_line_error(cli("verify", tmp_path / "model.xyz", "--model", "faster_vit_0_224"), r"unknown artifact type '.xyz'")
-    assert_one_line_error(cli("verify", tmp_path / "model.onnx", "--model", "faster_vit_0_224"), r"artifact not found")
-    path = export_tiny(tmp_path)["output"]
+    assert_one_line_error(cli("verify", tmp_path / "model.xyz"), r"unknown artifact type '.xyz'")
+    assert_one_line_error(cli("verify", tmp_path / "model.onnx"), r"artifact not found")
+    path, _ = export_tiny(tmp_path)
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.save(model, str(path))
     path.with_name(path.name + ".json").unlink()
-    assert_one_line_error(cli("verify", path), r"no sidecar for faster_vit_0_224.onnx: pass --model")
+    assert_one_line_error(cli("verify", path), r"faster_vit_0_224.onnx has no fvdeploy record .*pass --model")
     assert_one_line_error(cli("benchmark", path, "--model", "faster_vit_0_224", "--batch", "0"), r"at least 1")
 
 
 def test_benchmark_writes_json_and_plot(tmp_path):
-    path = export_tiny(tmp_path)["output"]
+    path, _ = export_tiny(tmp_path)
     result = cli("benchmark", path, "--batch", "1,2", "--warmup", 1, "--iterations", 2, "--no-pytorch",
                  "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png")
     assert result.exit_code == 0, result.output

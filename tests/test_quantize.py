@@ -10,9 +10,10 @@ from onnx import TensorProto, numpy_helper
 
 from fastervit_deploy.datasets import digits_split, to_batch, write_folder
 from fastervit_deploy.graph_check import Graph, inspect_path
-from fastervit_deploy.model_options import ModelSpec
-from fastervit_deploy.onnx_export import ExportOptions, export_onnx
-from fastervit_deploy.quantize import QuantizeOptions, modelopt_available, quantize
+from fastervit_deploy.model_spec import resolve_model
+from fastervit_deploy.options import CalibrationOptions, ModelRequest, OutputTarget
+from fastervit_deploy.plan import plan_export, plan_quantize
+from fastervit_deploy.quantize import modelopt_available
 from fastervit_deploy.runners import OnnxRuntimeRunner
 
 from .helpers import assert_one_line_error, cli, quiet_steps
@@ -25,23 +26,30 @@ BACKENDS = ["onnxruntime"] + (["modelopt"] if modelopt_available() else [])
 def digits(tmp_path_factory):
     """The committed digits model exported to ONNX, a calibration folder (train split), the test split."""
     root = tmp_path_factory.mktemp("digits")
-    spec = ModelSpec("faster_vit_0_224", checkpoint=DIGITS_CKPT)
-    fp32 = export_onnx(spec, root / "digits.onnx", ExportOptions(verify=False), quiet_steps())["output"]
+    request = ModelRequest("faster_vit_0_224", checkpoint=DIGITS_CKPT)
+    fp32 = root / "digits.onnx"
+    plan_export(request, OutputTarget(fp32), verify=False).run(quiet_steps())
     train, _, test, y_test = digits_split()
     calib = write_folder(train, root / "calib")
-    model = ModelSpec("faster_vit_0_224", checkpoint=DIGITS_CKPT).build()
-    return {"root": root, "fp32": fp32, "calib": calib, "x": to_batch(test, model.input_size, model.pretrained_cfg),
+    desc = resolve_model(request)
+    return {"root": root, "fp32": fp32, "calib": calib, "x": to_batch(test, desc.resolution, desc.preprocessing),
             "y": y_test}
+
+
+def quantize(source, output, precision, **calibration):
+    plan = plan_quantize(source, precision, OutputTarget(output), CalibrationOptions(**calibration))
+    return plan.run(quiet_steps())
 
 
 def accuracy(path, x, y):
     with OnnxRuntimeRunner(path) as r:
-        pred = np.concatenate([r.infer(x[i : i + 120]).argmax(1) for i in range(0, len(x), 120)])
+        pred = np.concatenate([r.infer(x[i : i + 60])["logits"].argmax(1) for i in range(0, len(x), 60)])
     return float((pred == y).mean())
 
 
 def test_fp16_accuracy_drop_within_0_2_points(digits):
-    out = quantize(digits["fp32"], digits["root"] / "fp16.onnx", QuantizeOptions("fp16"), quiet_steps())["output"]
+    out = digits["root"] / "fp16.onnx"
+    quantize(digits["fp32"], out, "fp16")
     base, half = accuracy(digits["fp32"], digits["x"], digits["y"]), accuracy(out, digits["x"], digits["y"])
     print(f"digits held-out: fp32 {base:.4f}, fp16 {half:.4f} ({len(digits['y'])} images)")
     assert base >= 0.97  # the committed model is trained, so the drop below means something
@@ -56,14 +64,14 @@ def test_fp16_accuracy_drop_within_0_2_points(digits):
     assert fp32_weights and all(any(t in n.input for n in ln) for t in fp32_weights)  # only LN params stay fp32
     assert inspect_path(out).passed
     side = json.loads(out.with_name("fp16.onnx.json").read_text())
-    assert side["precision"] == "fp16" and side["model"] == "faster_vit_0_224"
+    assert side["precision"] == "fp16" and side["model"]["name"] == "faster_vit_0_224"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_int8_accuracy_drop_within_1_point_and_tensorrt_placement(digits, backend):
     cache = digits["root"] / f"{backend}.cache"
-    opts = QuantizeOptions("int8", calib_dir=digits["calib"], backend=backend, calib_cache=cache)
-    out = quantize(digits["fp32"], digits["root"] / f"int8_{backend}.onnx", opts, quiet_steps())["output"]
+    out = digits["root"] / f"int8_{backend}.onnx"
+    quantize(digits["fp32"], out, "int8", folder=digits["calib"], backend=backend, cache=cache)
     base, q = accuracy(digits["fp32"], digits["x"], digits["y"]), accuracy(out, digits["x"], digits["y"])
     print(f"digits held-out: fp32 {base:.4f}, int8/{backend} {q:.4f}")
     assert (base - q) * 100 <= 1.0
@@ -89,22 +97,22 @@ def test_int8_accuracy_drop_within_1_point_and_tensorrt_placement(digits, backen
     # (ModelOpt's TensorRT-guided placement also quantizes pooling, transposes and some LayerNorm inputs.)
     assert inspect_path(out).passed
     side = json.loads(out.with_name(out.name + ".json").read_text())
-    assert side["int8"]["backend"] == backend and side["int8"]["calibration_images"] == 512
-    assert side["int8"]["qdq_pairs"] == len(qs) and side["parity_vs_fp32"]["passed"]
+    assert side["details"]["int8"]["backend"] == backend and side["details"]["int8"]["calibration_images"] == 512
+    assert side["details"]["int8"]["qdq_pairs"] == len(qs)
 
     # Rebuild from the cache only: no calibration images, the same scales.
-    again = quantize(digits["fp32"], digits["root"] / f"cached_{backend}.onnx",
-                     QuantizeOptions("int8", backend=backend, calib_cache=cache), quiet_steps())["output"]
+    again = digits["root"] / f"cached_{backend}.onnx"
+    quantize(digits["fp32"], again, "int8", backend=backend, cache=cache)
     scales = lambda p: {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer if "scale" in t.name}  # noqa: E731
     a, b = scales(out), scales(again)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert json.loads(again.with_name(again.name + ".json").read_text())["int8"]["cache_hit"]
+    assert json.loads(again.with_name(again.name + ".json").read_text())["details"]["int8"]["cache_hit"]
 
 
 def test_exclude_keeps_nodes_out_of_int8(digits):
-    opts = QuantizeOptions("int8", calib_dir=digits["calib"], calib_images=64, backend="onnxruntime",
-                           exclude=["/head/*", "/levels.3/*"])
-    out = quantize(digits["fp32"], digits["root"] / "excl.onnx", opts, quiet_steps())["output"]
+    out = digits["root"] / "excl.onnx"
+    quantize(digits["fp32"], out, "int8", folder=digits["calib"], images=64, backend="onnxruntime",
+             exclude=("/head/*", "/levels.3/*"))
     g = Graph(onnx.load(str(out)))
     for n in g.nodes:
         if n.name.startswith(("/head/", "/levels.3/")) and n.op_type in ("MatMul", "Gemm"):
@@ -114,7 +122,8 @@ def test_exclude_keeps_nodes_out_of_int8(digits):
 def test_fastervit0_int8_cosine_on_photos(tmp_path):
     from fastervit_deploy.images import skimage_photos
 
-    fp32 = export_onnx(ModelSpec("faster_vit_0_224"), tmp_path / "fv0.onnx", ExportOptions(verify=False), quiet_steps())["output"]
+    fp32 = tmp_path / "fv0.onnx"
+    plan_export(ModelRequest("faster_vit_0_224"), OutputTarget(fp32), verify=False).run(quiet_steps())
     calib = tmp_path / "calib"
     calib.mkdir()
     for i, img in enumerate(skimage_photos()):  # real photos, plus mirrored and cropped views
@@ -122,18 +131,18 @@ def test_fastervit0_int8_cosine_on_photos(tmp_path):
         img.transpose(0).save(calib / f"{i}_flip.png")
         w, h = img.size
         img.crop((w // 8, h // 8, w - w // 8, h - h // 8)).save(calib / f"{i}_crop.png")
-    out = quantize(fp32, tmp_path / "fv0_int8.onnx", QuantizeOptions("int8", calib_dir=calib), quiet_steps())
-    cosine = out["record"]["parity_vs_fp32"]["overall"]["cosine_min"]
-    print(f"FasterViT-0 INT8 ({out['record']['int8']['backend']}) cosine to FP32 on photos: {cosine:.5f}")
+    record = quantize(fp32, tmp_path / "fv0_int8.onnx", "int8", folder=calib)
+    cosine = record.parity["overall"]["cosine_min"]
+    print(f"FasterViT-0 INT8 ({record.details['int8']['backend']}) cosine to FP32 on photos: {cosine:.5f}")
     assert cosine >= 0.99
 
 
 def test_quantize_bad_input(tmp_path, digits):
     assert_one_line_error(cli("quantize", tmp_path / "none.onnx", "--fp16"), r"ONNX file not found")
     assert_one_line_error(cli("quantize", digits["fp32"], "--int8"), r"--int8 needs --calib-dir")
-    assert_one_line_error(cli("quantize", digits["fp32"], "--int8", "--fp16"), r"exactly one of --fp16 and --int8")
+    assert_one_line_error(cli("quantize", digits["fp32"], "--int8", "--fp16"), r"one of --fp16 and --int8")
     assert_one_line_error(cli("quantize", digits["fp32"], "--int8", "--calib-dir", tmp_path, "--method", "mse"),
-                          r"--method must be one of")
+                          r"'mse' is not one of 'entropy', 'max', 'percentile'")
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_line_error(cli("quantize", digits["fp32"], "--int8", "--calib-dir", empty, "-o", tmp_path / "x.onnx"),
@@ -146,4 +155,4 @@ def test_quantize_bad_input(tmp_path, digits):
     model = onnx.load(str(digits["fp32"]))
     del model.metadata_props[:]
     onnx.save(model, str(foreign))
-    assert_one_line_error(cli("quantize", foreign, "--fp16"), r"no fvdeploy sidecar or metadata")
+    assert_one_line_error(cli("quantize", foreign, "--fp16"), r"foreign.onnx has no fvdeploy record")

@@ -1,15 +1,19 @@
 """build-trt and the engine runner: CPU-side behaviour always; engines only where TensorRT and a GPU exist."""
 
 import importlib.util
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastervit_deploy.tensorrt_build import BuildOptions
+from fastervit_deploy.options import BatchProfile, BuilderOptions, ModelRequest, OutputTarget
+from fastervit_deploy.plan import plan_build_trt
+from fastervit_deploy.record import read_record
 from fastervit_deploy.trt_support import Profile, trtexec_command
 
-from .helpers import assert_one_line_error, cli, export_tiny
+from .helpers import assert_one_line_error, cli, export_tiny, tiny_checkpoint
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -27,7 +31,7 @@ gpu = pytest.mark.skipif(not _gpu_ready(), reason="needs the tensorrt package (1
 
 def test_trtexec_line_is_strongly_typed_with_the_batch_profile():
     line = trtexec_command(Path("m int8.onnx"), Path("m.plan"), Profile("input", (3, 224, 224), 1, 8, 64),
-                           Path("t.cache"), opt_level=4, workspace_gib=2)
+                           BuilderOptions(Path("t.cache"), workspace_gib=2, opt_level=4))
     assert line.startswith("trtexec '--onnx=m int8.onnx' --stronglyTyped")
     for part in ("--minShapes=input:1x3x224x224", "--optShapes=input:8x3x224x224", "--maxShapes=input:64x3x224x224",
                  "--timingCacheFile=t.cache", "--builderOptimizationLevel=4", "--memPoolSize=workspace:2048M"):
@@ -36,28 +40,48 @@ def test_trtexec_line_is_strongly_typed_with_the_batch_profile():
 
 
 @pytest.mark.parametrize("kw,pattern", [
-    (dict(min_batch=4, opt_batch=2), "min-batch <= --opt-batch"),
     (dict(opt_level=7), "opt-level must be 0..5"),
     (dict(workspace_gib=0), "workspace must be positive"),
 ])
-def test_build_options_validation(kw, pattern):
+def test_builder_options_validation(kw, pattern):
     with pytest.raises(Exception, match=pattern):
-        BuildOptions(**kw).validate()
+        BuilderOptions(**kw)
 
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the message shown where TensorRT is absent")
-def test_without_tensorrt_one_line_with_the_way_forward_and_nothing_written(tmp_path, monkeypatch):
+def test_printed_commands_make_exactly_the_onnx_build_trt_would_build(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = cli("build-trt", "--model", "faster_vit_0_224", "--int8", "--calib-dir", tmp_path,
-                 "--timing-cache", "t.cache")
-    assert_one_line_error(result, r"TensorRT is not installed .*fvdeploy export-onnx --model faster_vit_0_224"
-                                  r".*fvdeploy quantize .* --int8 .*trtexec --onnx=faster_vit_0_224_224x224_int8.onnx"
-                                  r" --stronglyTyped", code=3)
-    assert list(tmp_path.iterdir()) == []
-    onnx_path = export_tiny(tmp_path)["output"]
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar", "faster_vit_0_any_res", resolution=(160, 288))
+    args = ["build-trt", "--model", "faster_vit_0_any_res", "--checkpoint", ckpt.name, "--resolution", 192, 320,
+            "--max-batch", 8, "--opt-batch", 4, "--fp16"]
+    result = cli(*args)
+    assert_one_line_error(result, r"TensorRT is not installed .*on this machine run `fvdeploy export-onnx", code=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pth.tar"]  # nothing written
+    commands = re.findall(r"`(fvdeploy [^`]+)`", result.output)
+    assert [shlex.split(c)[1] for c in commands] == ["export-onnx", "quantize"]
+    assert "--checkpoint tiny.pth.tar" in commands[0] and "--resolution 192 320" in commands[0]
+    trtexec = re.search(r"(trtexec .*)$", result.output.strip()).group(1)
+    for command in commands:  # run them as a user would
+        run = cli(*shlex.split(command)[1:])
+        assert run.exit_code == 0, run.output
+    made = read_record(Path(re.search(r"--onnx=(\S+)", trtexec).group(1)))
+    planned = plan_build_trt(None, ModelRequest("faster_vit_0_any_res", checkpoint=Path(ckpt.name), resolution=(192, 320)),
+                             "fp16", OutputTarget(), profile=BatchProfile(1, 8, 4)).stages[-1]
+    assert made.precision == "fp16" and made.batch_range == (1, 8)
+    assert made.model.config == planned.model.config and made.model.resolution == (192, 320)
+    assert made.model.checkpoint.sha256 == planned.model.checkpoint.sha256
+    assert "--optShapes=input:4x3x192x320" in trtexec and "--maxShapes=input:8x3x192x320" in trtexec
+    # The same command again reuses what the printed commands made, and says the ONNX is ready.
+    again = cli(*args)
+    assert_one_line_error(again, r"faster_vit_0_any_res_192x320_fp16.onnx is ready, and build where TensorRT runs", code=3)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the message shown where TensorRT is absent")
+def test_without_tensorrt_an_existing_onnx_needs_only_trtexec(tmp_path):
+    onnx_path, _ = export_tiny(tmp_path, verify=False)
     before = sorted(tmp_path.iterdir())
     result = cli("build-trt", "--onnx", onnx_path, "--fp16", "--opt-batch", 4, "--max-batch", 16)
-    assert_one_line_error(result, r"run `fvdeploy quantize .*faster_vit_0_224.onnx --fp16`.*"
+    assert_one_line_error(result, r"run `fvdeploy quantize .*faster_vit_0_224.onnx --fp16.*`.*"
                                   r"--optShapes=input:4x3x224x224 --maxShapes=input:16x3x224x224", code=3)
     assert sorted(tmp_path.iterdir()) == before
 
@@ -67,27 +91,28 @@ def test_build_trt_bad_input(tmp_path):
     assert_one_line_error(cli("build-trt", "--onnx", tmp_path / "a.onnx", "--model", "faster_vit_0_224"),
                           r"exactly one of --onnx and --model")
     assert_one_line_error(cli("build-trt", "--onnx", tmp_path / "a.onnx"), r"ONNX file not found")
-    assert_one_line_error(cli("build-trt", "--model", "faster_vit_0_224", "--fp16", "--int8"), r"at most one of")
+    assert_one_line_error(cli("build-trt", "--model", "faster_vit_0_224", "--fp16", "--int8"), r"one of --fp16 and --int8")
     assert_one_line_error(cli("build-trt", "--model", "faster_vit_0_224", "--int8"), r"--int8 needs --calib-dir")
-    assert_one_line_error(cli("build-trt", "--model", "faster_vit_0_224", "--min-batch", 9), r"--min-batch <= --opt-batch")
+    assert_one_line_error(cli("build-trt", "--model", "faster_vit_0_224", "--min-batch", 9, "--max-batch", 8),
+                          r"batch range 9..8 is invalid")
+    assert_one_line_error(cli("build-trt", "--model", "faster_vit_0_224", "--opt-batch", 99), r"--opt-batch <= --max-batch")
+    assert_one_line_error(cli("build-trt", "--model", "faster_vit_0_224", "-o", tmp_path / "x.onnx"),
+                          r"output must end in .plan or .engine")
     assert_one_line_error(cli("verify", tmp_path / "x.plan", "--model", "faster_vit_0_224"), r"artifact not found")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_build_and_parity(tmp_path, precision):
-    from rich.console import Console
-
     from fastervit_deploy.datasets import digits_split, write_folder
-    from fastervit_deploy.model_options import ModelSpec
-    from fastervit_deploy.onnx_export import ExportOptions, export_onnx
-    from fastervit_deploy.progress import Steps
+    from fastervit_deploy.runners import TensorRTRunner
 
     from .test_quantize import DIGITS_CKPT
 
-    spec = ModelSpec("faster_vit_0_224", checkpoint=DIGITS_CKPT)  # trained weights: INT8 parity is meaningful
-    onnx_path = export_onnx(spec, tmp_path / "digits.onnx", ExportOptions(), Steps(Console(quiet=True)))["output"]
+    onnx_path = tmp_path / "digits.onnx"  # trained weights: INT8 parity is meaningful
+    assert cli("export-onnx", "--model", "faster_vit_0_224", "--checkpoint", DIGITS_CKPT, "-o", onnx_path).exit_code == 0
     args = ["build-trt", "--onnx", onnx_path, "--max-batch", 16, "--opt-batch", 4, "--timing-cache", tmp_path / "t.cache",
             "-o", tmp_path / f"{precision}.plan"]
     if precision != "fp32":
@@ -97,12 +122,10 @@ def test_engine_build_and_parity(tmp_path, precision):
     result = cli(*args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "t.cache").stat().st_size > 0
-    from fastervit_deploy.trt_runtime import TensorRTRunner
-
     with TensorRTRunner(tmp_path / f"{precision}.plan") as runner:
         x = np.random.default_rng(0).standard_normal((3, 3, 96, 96), dtype=np.float32)
-        assert runner.infer(x).shape == (3, 10)
-        with pytest.raises(Exception, match="outside the engine's profile"):
+        assert runner.infer(x)["logits"].shape == (3, 10)
+        with pytest.raises(Exception, match="outside the artifact's batch range 1..16"):
             runner.infer(np.zeros((17, 3, 96, 96), np.float32))
     verify = cli("verify", tmp_path / f"{precision}.plan", "--batch", 8)  # against PyTorch, per-precision tolerance
     assert verify.exit_code == 0, verify.output

@@ -1,0 +1,97 @@
+"""The `fvdeploy` application: commands registered explicitly, every known failure one line on stderr."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from .. import __version__
+from ..errors import exit_code_of, one_line
+from ..progress import console
+from . import commands
+from .groups import with_groups
+
+app = typer.Typer(
+    name="fvdeploy",
+    help="Deploy FasterViT to ONNX, TensorRT and Core ML, and prove the artifact computes what PyTorch computes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+def one_line_errors(fn: Callable) -> Callable:
+    """Known failures become ``error: <message>`` and their exit code; --debug keeps the traceback."""
+
+    @functools.wraps(fn)
+    def run(**kwargs):
+        try:
+            return fn(**kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt as err:
+            console.print("interrupted", style="red", highlight=False)
+            raise typer.Exit(getattr(err, "exit_code", 130)) from None
+        except Exception as err:  # noqa: BLE001 - classified below; anything unknown keeps its traceback
+            code = exit_code_of(err)
+            if code is None or _state["debug"]:
+                raise
+            console.print(f"error: {one_line(err)}", markup=False, style="red", soft_wrap=True)
+            raise typer.Exit(code) from None
+
+    return run
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fvdeploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    _state["debug"] = debug
+
+
+COMMANDS: tuple[tuple[str, Callable], ...] = (
+    ("models", commands.models),
+    ("formats", commands.formats),
+    ("export-onnx", commands.export_onnx),
+    ("inspect", commands.inspect),
+    ("verify", commands.verify),
+    ("benchmark", commands.benchmark),
+    ("quantize", commands.quantize),
+    ("build-trt", commands.build_trt),
+    ("coreml", commands.coreml),
+)
+for _name, _fn in COMMANDS:
+    app.command(_name)(one_line_errors(with_groups(_fn)))
+
+
+def run(argv: list[str] | None = None, prog_name: str | None = None) -> int:
+    """Run one command line; return its exit code. Every error, usage errors included, is one line."""
+    try:
+        code = app(args=argv, prog_name=prog_name, standalone_mode=False)
+    except Exception as exc:
+        # Usage errors (unknown option, bad value) come from the Click that Typer vendors: print them as
+        # one line like every other error instead of a framed block.
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        console.print(f"error: {exc.format_message()}{hint}", markup=False, style="red", soft_wrap=True)
+        return exc.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def main() -> None:
+    sys.exit(run())

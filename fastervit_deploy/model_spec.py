@@ -1,0 +1,225 @@
+"""A model request resolved once into a complete, immutable description.
+
+``ModelRequest`` is what a user asked for (a command line or an API call): a variant name and
+optional checkpoint, resolution, windows. ``resolve_model`` turns it into a ``ModelDescription``
+before anything slow runs: the exact architecture (the checkpoint's saved configuration included),
+windows chosen for any-resolution inputs, input and output tensors, preprocessing, and the checkpoint's
+sha256. Every later step (export, quantize, build, verify, the artifact record, the commands printed
+to reproduce a stage) reads the description; nothing re-derives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from fastervit import (
+    FasterViT,
+    FasterViTConfig,
+    any_res_variant,
+    checkpoint_like_,
+    get_entry,
+    instantiate,
+    load_checkpoint,
+    read_checkpoint,
+    suggest_windows,
+)
+from fastervit.checkpoint import saved_config
+from fastervit.geometry import check_resolution, runtime_stage_sizes
+
+from .errors import FvdeployError
+from .files import sha256
+from .options import ModelRequest
+
+INPUT_NAME = "input"
+CLASSIFIER_OUTPUT = "logits"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of an artifact, without the batch dimension."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str  # "image" (normalised NCHW), "logits", "probabilities", "features"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "kind": self.kind, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TensorSpec":
+        return cls(d["name"], tuple(d["shape"]), d["kind"], d.get("dtype", "float32"))
+
+    def describe(self) -> str:
+        return f"{self.name} [N, {', '.join(map(str, self.shape))}] {self.dtype}"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Evaluation preprocessing of the weights: resize by crop_pct, centre crop, normalise."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+    crop_mode: str
+    interpolation: str
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "crop_pct": self.crop_pct,
+                "crop_mode": self.crop_mode, "interpolation": self.interpolation}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Preprocessing":
+        return cls(tuple(d["mean"]), tuple(d["std"]), float(d["crop_pct"]), d["crop_mode"], d["interpolation"])
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint file: where it is (absolute), how the user named it, and what it contains."""
+
+    path: Path
+    sha256: str
+    as_given: str
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256, "as_given": self.as_given}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "CheckpointRef":
+        return cls(Path(d["path"]), d["sha256"], d.get("as_given", d["path"]))
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    config: FasterViTConfig
+    preprocessing: Preprocessing
+    checkpoint: CheckpointRef | None = None
+    seed: int = 0
+    notes: tuple[str, ...] = ()
+    # False when API-only overrides (tiny test models) make the architecture inexpressible as CLI options.
+    cli_exact: bool = True
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.config.resolution
+
+    @property
+    def input(self) -> TensorSpec:
+        return TensorSpec(INPUT_NAME, (self.config.in_chans, *self.config.resolution), "image")
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec(CLASSIFIER_OUTPUT, (self.config.num_classes,), "logits"),)
+
+    @property
+    def weights(self) -> str:
+        return "checkpoint" if self.checkpoint else f"random, checkpoint-like (seed {self.seed})"
+
+    @property
+    def stem(self) -> str:
+        """File-name stem for default outputs: ``faster_vit_0_any_res_576x960``."""
+        return f"{self.name}_{self.resolution[0]}x{self.resolution[1]}"
+
+    def cli_args(self) -> list[str]:
+        """The model options that rebuild exactly this description on the command line."""
+        entry = get_entry(self.name)
+        H, W = self.resolution
+        args = ["--model", self.name, "--resolution", str(H), str(W)]
+        if self.config.any_res or self.config.window_size != entry.config.window_size:
+            args += ["--window-size", ",".join(map(str, self.config.window_size))]
+        if self.config.ct_size != entry.config.ct_size:
+            args += ["--ct-size", str(self.config.ct_size)]
+        if self.checkpoint is not None:
+            args += ["--checkpoint", self.checkpoint.as_given]
+        elif self.seed:
+            args += ["--seed", str(self.seed)]
+        return args
+
+    def params(self) -> int:
+        with torch.device("meta"):
+            return FasterViT(self.config).num_params()
+
+    def build(self, log: Callable[[str], None] = lambda _: None) -> FasterViT:
+        """The eager PyTorch model (eval mode): the checkpoint's weights, or seeded checkpoint-like ones."""
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            model = instantiate(self.name, self.config)
+        if self.checkpoint is None:
+            return checkpoint_like_(model, self.seed).eval()
+        report = load_checkpoint(model, self.checkpoint.path)
+        log(f"checkpoint: {report.summary()}")
+        return model.eval()
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "config": self.config.to_dict(), "preprocessing": self.preprocessing.to_dict(),
+            "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None, "seed": self.seed,
+            "weights": self.weights, "input": self.input.to_dict(), "outputs": [o.to_dict() for o in self.outputs],
+            "notes": list(self.notes), "cli_exact": self.cli_exact,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ModelDescription":
+        return cls(d["name"], FasterViTConfig(**d["config"]), Preprocessing.from_dict(d["preprocessing"]),
+                   CheckpointRef.from_dict(d["checkpoint"]) if d.get("checkpoint") else None, int(d.get("seed", 0)),
+                   tuple(d.get("notes", ())), bool(d.get("cli_exact", True)))
+
+    def replace(self, **changes: Any) -> "ModelDescription":
+        return dataclasses.replace(self, **changes)
+
+
+def _square_only_error(name: str, resolution: tuple[int, int]) -> FvdeployError:
+    twin = any_res_variant(name)
+    hint = f"; use {twin} for {resolution[0]}x{resolution[1]}" if twin else ""
+    return FvdeployError(f"{name} takes square inputs{hint}")
+
+
+def resolve_model(req: ModelRequest) -> ModelDescription:
+    """Resolve ``req`` completely (cheap: the checkpoint is mapped, not read)."""
+    if req.name is None:
+        raise FvdeployError("give --model NAME (see `fvdeploy models`)")
+    entry = get_entry(req.name)
+    overrides: dict[str, Any] = {}
+    checkpoint = None
+    if req.checkpoint is not None:
+        contents = read_checkpoint(req.checkpoint, mmap=True)  # CheckpointError: missing, damaged, runs code
+        checkpoint = CheckpointRef(Path(req.checkpoint).resolve(), sha256(req.checkpoint), str(req.checkpoint))
+        # fvdeploy checkpoints carry their architecture; options given on the command line still win.
+        overrides.update({k: v for k, v in saved_config(contents).items() if k != "any_res"})
+    overrides.update(req.overrides)
+    notes = []
+    if req.resolution is not None:
+        if min(req.resolution) <= 0:
+            raise FvdeployError(f"--resolution must be positive, got {req.resolution[0]} {req.resolution[1]}")
+        if not entry.config.any_res and req.resolution[0] != req.resolution[1]:
+            raise _square_only_error(req.name, req.resolution)
+        overrides["resolution"] = tuple(req.resolution)
+    if req.window_size is not None:
+        if len(req.window_size) not in (1, 4) or min(req.window_size) <= 0:
+            raise FvdeployError(f"--window-size takes 1 or 4 positive values, got {','.join(map(str, req.window_size))}")
+        overrides["window_size"] = tuple(req.window_size) * (4 if len(req.window_size) == 1 else 1)
+    elif entry.config.any_res and "window_size" not in overrides:
+        res = tuple(overrides.get("resolution", entry.config.resolution))
+        overrides["window_size"] = chosen = suggest_windows(res)
+        sizes = runtime_stage_sizes(res)
+        notes.append(f"windows {','.join(map(str, chosen))} chosen for {res[0]}x{res[1]} (stage maps "
+                     f"{sizes[2][0]}x{sizes[2][1]}, {sizes[3][0]}x{sizes[3][1]}); pass --window-size to override")
+    if req.ct_size is not None:
+        overrides["ct_size"] = req.ct_size
+    try:
+        config = entry.config.replace(**overrides)
+    except (TypeError, ValueError) as err:
+        raise FvdeployError(str(err)) from None
+    check_resolution(config)  # UnsupportedResolutionError names the sizes that work
+    pre = entry.pretrained
+    return ModelDescription(
+        req.name, config, Preprocessing(pre.mean, pre.std, pre.crop_pct, pre.crop_mode, pre.interpolation),
+        checkpoint, req.seed, tuple(notes), cli_exact=not req.overrides,
+    )
+

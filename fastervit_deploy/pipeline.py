@@ -1,0 +1,58 @@
+"""The last step of every converter, written once: check the written file, compare it, record it.
+
+A converter writes its artifact to a temporary path (``files.atomic_output``) and hands it here with
+its record, a static check and a parity job. A failed check or parity raises ``CheckFailed`` (exit 1,
+with the figures) before any sidecar is written, so the temporary folder and everything in it go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .checks import CheckReport
+from .errors import CheckFailed
+from .progress import Steps
+from .record import ArtifactRecord, write_sidecar
+from .runners import Outputs, Runner
+from .options import Tolerance
+from .verify import describe, run_parity
+
+
+@dataclass(frozen=True)
+class ParityJob:
+    """Compare the written artifact (opened by ``runner``) with ``reference`` on real images."""
+
+    title: str
+    runner: Callable[[Path], Runner]
+    reference: Callable[[np.ndarray], Outputs]
+    batches: Sequence[np.ndarray]
+    tolerance: Tolerance
+
+    def run(self, path: Path) -> dict:
+        with self.runner(path) as runner:
+            return run_parity(self.reference, runner, self.batches, self.tolerance)
+
+
+def finish(tmp: Path, record: ArtifactRecord, steps: Steps, check: Callable[[Path], CheckReport] | None = None,
+           parity: ParityJob | None = None) -> ArtifactRecord:
+    """Check, compare, then write the sidecar beside ``tmp``; returns the final record."""
+    if check is not None:
+        with steps(f"checking {record.format} artifact"):
+            report = check(tmp)
+        for line in report.lines():
+            steps.note(line)
+        if not report.passed:
+            raise CheckFailed(f"{report.title} failed: {report.failure_summary()}")
+        record = record.replace(checks=report.to_dict())
+    if parity is not None:
+        with steps(parity.title):
+            result = parity.run(tmp)
+        steps.note(describe(result["overall"]))
+        if not result["passed"]:
+            raise CheckFailed("parity check failed: " + "; ".join(result["failures"]))
+        record = record.replace(parity=result)
+    return write_sidecar(tmp, record.replace(timings_s=dict(steps.timings)))
