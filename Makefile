@@ -28,10 +28,10 @@ demo: install
 	@echo "Demo used random weights. Add --checkpoint fastervit_0_224_1k.pth.tar to export real weights."
 
 test: install
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 test-all: install
-	$(BIN)/python -m pytest -n 2 -q -m "not gpu and not macos"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not gpu and not macos"
 
 bench: install
 	$(BIN)/python benchmarks/onnx_vs_plain.py

@@ -7,7 +7,7 @@ The checks read the graph only (no run), so they also work on >2 GB models loade
 from __future__ import annotations
 
 import collections
-import math
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,6 +17,8 @@ from onnx import shape_inference
 
 from .checks import CheckReport, Finding
 from .errors import FvdeployError
+from .onnx_graph import PASS_THROUGH, Graph
+from .precision_policy import check_precision, check_qdq, lowered
 
 # Ops the TensorRT 10/11 ONNX parser maps to native layers, restricted to what image models use.
 TRT_NATIVE_OPS = frozenset("""
@@ -33,8 +35,6 @@ FORBIDDEN_OPS = ("Shape", "Size", "BatchNormalization", "Gather", "GatherND", "G
 # (op, index of the input that must be a build-time constant)
 SHAPE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Pad": (1, 2),
                 "Slice": (1, 2, 3, 4), "Resize": (1, 2, 3), "Split": (1,), "Range": (0, 1, 2)}
-RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
-PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Cast", "Identity")
 MAX_RANK = 5
 
 
@@ -51,57 +51,6 @@ class GraphReport(CheckReport):
     def to_dict(self) -> dict:
         return {**super().to_dict(), "path": self.path, "opset": self.opset, "nodes": self.nodes, "ops": self.ops,
                 "inputs": self.inputs, "outputs": self.outputs, "attention_blocks": self.attention_blocks}
-
-
-class Graph:
-    """Name lookups over one ONNX graph."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.nodes = list(model.graph.node)
-        self.initializers = {t.name: t for t in model.graph.initializer}
-        self.producer = {out: n for n in self.nodes for out in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
-        for n in self.nodes:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self._const: dict[str, bool] = {}
-
-    def is_constant(self, name: str) -> bool:
-        """True when ``name`` does not depend on a graph input (so a builder can fold it)."""
-        if not name or name in self.initializers:  # "" is an omitted optional input
-            return True
-        if name not in self._const:
-            node = self.producer.get(name)
-            self._const[name] = False  # guards against cycles in malformed graphs
-            self._const[name] = node is not None and node.op_type not in RANDOM_OPS and all(
-                self.is_constant(i) for i in node.input
-            )
-        return self._const[name]
-
-    def source(self, name: str) -> onnx.NodeProto | None:
-        """Producer of ``name``, looking through Q/DQ, Cast and Identity."""
-        node = self.producer.get(name)
-        while node is not None and node.op_type in PASS_THROUGH and node.input and not self.is_constant(node.input[0]):
-            node = self.producer.get(node.input[0])
-        return node
-
-    def constant_size(self, name: str) -> int | None:
-        node = self.producer.get(name)
-        while node is not None and node.op_type in PASS_THROUGH:
-            name = node.input[0]
-            node = self.producer.get(name)
-        if name in self.initializers:
-            n = 1
-            for d in self.initializers[name].dims:
-                n *= d
-            return n
-        if node is not None and node.op_type == "Constant":
-            attr = node.attribute[0] if node.attribute else None
-            if attr is not None and attr.name == "value":
-                return math.prod(attr.t.dims)  # a scalar has no dims: 1
-            return 1 if attr is not None and attr.name in ("value_float", "value_int") else None
-        return None
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list:
@@ -236,7 +185,9 @@ def load_graph(path: str | Path) -> onnx.ModelProto:
     return model
 
 
-def inspect_model(model: onnx.ModelProto, path: str | Path = "") -> GraphReport:
+def inspect_model(model: onnx.ModelProto, path: str | Path = "", expect: str | None = None) -> GraphReport:
+    """Every check; FP16/INT8 graphs also against the precision policy. ``expect`` ("fp16", "int8") is the
+    precision the graph must have (default: the one its embedded record names, if any)."""
     g = Graph(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     report = GraphReport("graph check", path=str(path), opset=opset, nodes=len(g.nodes),
@@ -246,7 +197,26 @@ def inspect_model(model: onnx.ModelProto, path: str | Path = "") -> GraphReport:
     report.findings = [check(g) for check in CHECKS]
     attention, report.attention_blocks = check_attention(g)
     report.findings.insert(4, attention)
+    recorded = recorded_identity(model)
+    expect = expect or recorded.get("precision")
+    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.nodes)
+    if has_qdq or expect == "int8":
+        report.findings.append(check_qdq(model) if has_qdq else
+                               Finding("qdq-placement", False, "the graph is labelled int8 but has no Q/DQ"))
+    elif expect == "fp16" or lowered(model):
+        report.findings.append(Finding("qdq-placement", True, "no Q/DQ (FP16 graph)", severity="info"))
+    if lowered(model) or expect in ("fp16", "int8"):
+        report.findings.append(check_precision(model, tuple(recorded.get("fp32_nodes", ()))))
     return report
+
+
+def recorded_identity(model: onnx.ModelProto) -> dict:
+    """The fvdeploy record embedded in the graph's metadata ({} for foreign graphs)."""
+    text = {p.key: p.value for p in model.metadata_props}.get("fvdeploy.record")
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def inspect_path(path: str | Path) -> GraphReport:

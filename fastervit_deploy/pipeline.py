@@ -53,6 +53,6 @@ def finish(tmp: Path, record: ArtifactRecord, steps: Steps, check: Callable[[Pat
             result = parity.run(tmp)
         steps.note(describe(result["overall"]))
         if not result["passed"]:
-            raise CheckFailed("parity check failed: " + "; ".join(result["failures"]))
+            raise CheckFailed(f"{record.precision} parity check failed: " + "; ".join(result["failures"]))
         record = record.replace(parity=result)
     return write_sidecar(tmp, record.replace(timings_s=dict(steps.timings)))

@@ -1,18 +1,22 @@
 """`fvdeploy quantize`: precision decided in the ONNX graph (TensorRT 11 has no precision flags).
 
-FP16: our converter (fp16.py). INT8: explicit Q/DQ, symmetric int8, per-channel weights, placed
-where TensorRT fuses, the rest in FP16. NVIDIA ModelOpt's ONNX PTQ is used where it is installed;
-onnxruntime's ``quantize_static`` (QDQ) is the fallback. Scales can be cached so a rebuild skips
-calibration.
+FP16: ModelOpt AutoCast (fp16.py): every op in fp16 except the policy's fp32 ops (LayerNorm), fp32 I/O.
+INT8: the placement of precision_policy.py, calibrated once (calibration.py, streamed), then:
+* ModelOpt's INT8 PTQ (the default) inserts Q/DQ for the policy's nodes from those scales and lowers
+  the float part with AutoCast, LayerNorm kept fp32; in a child process, since it rewrites
+  onnxruntime's quantization registries while it runs, writing intermediates beside a private copy;
+* or onnxruntime's ``quantize_static`` from the same scales, and the same AutoCast lowering.
+Both results then go through the policy's ``enforce`` post-pass, so the same command gives the same
+placement and scales whichever backend ran; ``inspect``'s checks run on the result before it is written.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import importlib.metadata
 import importlib.util
 import logging
-import re
+import multiprocessing
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,19 +24,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .calibration import Calibration, cache_text, calibrate, read_cache
 from .errors import FvdeployError, MissingDependency
-from .files import atomic_output
-from .fp16 import convert_to_fp16, float_types
-from .graph_check import Graph, inspect_model
-from .images import batch_of, list_images, load_batch, open_image, preprocess
+from .files import atomic_output, write_text_atomic
+from .fp16 import convert_to_fp16, float_types, lower_float_part, quiet_modelopt
+from .graph_check import inspect_model
+from .images import batch_of, load_batch
+from .options import DEFAULT_FP32_OPS, CalibrationOptions, QuantBackend, Tolerance
 from .pipeline import ParityJob, finish
+from .precision_policy import Placement, compute_precisions, enforce, plan_placement
 from .progress import Steps
 from .record import ArtifactRecord, FileRef, embed_in_onnx, read_record
 from .runners import OnnxRuntimeRunner
-from .options import DEFAULT_FP32_OPS, CalibrationMethod, CalibrationOptions, QuantBackend, Tolerance
 from .verify import TOLERANCES
 
-WEIGHTED_OPS = ("Conv", "MatMul", "Gemm")
 EVAL_IMAGES = 8  # images the parity figures against the FP32 graph use
 
 
@@ -70,130 +75,101 @@ def choose_backend(opts: CalibrationOptions) -> str:
     if opts.backend is QuantBackend.modelopt and not modelopt_available():
         raise MissingDependency("--backend modelopt needs nvidia-modelopt and onnx_graphsurgeon (see README)")
     if opts.backend is not QuantBackend.auto:
-        if opts.backend is QuantBackend.modelopt and opts.method is CalibrationMethod.percentile:
-            raise FvdeployError("ModelOpt calibrates with entropy or max; use --backend onnxruntime for percentile")
         return opts.backend.value
-    return "modelopt" if modelopt_available() and opts.method is not CalibrationMethod.percentile else "onnxruntime"
+    return "modelopt" if modelopt_available() else "onnxruntime"
 
 
-def calibration_data(folder: Path, count: int, size: tuple[int, int], record: ArtifactRecord, steps: Steps) -> np.ndarray:
-    files = list_images(folder, count)
-    if len(files) < min(count, 500):
-        steps.note(f"calibrating on {len(files)} images (NVIDIA recommends 500 or more)")
-    return np.stack([preprocess(open_image(p), size, record.model.preprocessing) for p in files])
+def activation_tensors(model: onnx.ModelProto, placement: Placement) -> set[str]:
+    """The activation tensors a quantizer visiting the placement's nodes needs scales for."""
+    nodes = {n.name: n for n in model.graph.node}
+    initializers = {t.name for t in model.graph.initializer}
+    names = {nodes[n].input[0] for n in placement.int8_ops}
+    names |= {i for n in placement.residual_adds for i in nodes[n].input}
+    return {n for n in names if n not in initializers}
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
-
-
-def quantizable_nodes(graph: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
-    """Conv/MatMul/Gemm and residual Adds (both inputs activations), minus excluded names."""
-    g = Graph(graph)
-    return [n.name for n in g.nodes
-            if (n.op_type in WEIGHTED_OPS or n.op_type == "Add" and all(not g.is_constant(i) for i in n.input))
-            and not _matches(n.name, exclude)]
-
-
-def excluded_nodes(graph: onnx.ModelProto, exclude: tuple[str, ...]) -> list[str]:
-    return [n.name for n in graph.graph.node if _matches(n.name, exclude)]
-
-
-class _Reader:
-    """onnxruntime CalibrationDataReader over an in-memory array, in small batches."""
-
-    def __init__(self, input_name: str, data: np.ndarray, batch: int = 8) -> None:
-        self.input_name, self.data, self.batch = input_name, data, batch
-        self.rewind()
-
-    def get_next(self):
-        if self.pos >= len(self.data):
-            return None
-        chunk = self.data[self.pos : self.pos + self.batch]
-        self.pos += self.batch
-        return {self.input_name: chunk}
-
-    def rewind(self) -> None:
-        self.pos = 0
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.pos = start_index
-
-
-def int8_onnxruntime(src: Path, out: Path, data: np.ndarray | None, opts: CalibrationOptions,
+def int8_onnxruntime(src: Path, out: Path, placement: Placement, scales: dict[str, float], workdir: Path,
                      keep_fp32: tuple[str, ...]) -> None:
-    from onnxruntime.quantization import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    """onnxruntime's QDQ quantizer from precomputed scales, then the float rest to FP16."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    graph = onnx.load(str(src))
-    method = {"entropy": OrtMethod.Entropy, "max": OrtMethod.MinMax, "percentile": OrtMethod.Percentile}[opts.method.value]
-    reader = _Reader(graph.graph.input[0].name, data) if data is not None else None
-    qdq = out.with_name(out.name + ".qdq.onnx")
+    ranges = TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.float32(-s * 127.0), highest=np.float32(s * 127.0)) for name, s in scales.items()})
+    ranges_path = workdir / "ranges.json"
+    save_tensors_data(ranges, ranges_path)
+    qdq = workdir / "qdq.onnx"
     logging.getLogger().setLevel(logging.ERROR)
     quantize_static(
-        str(src), str(qdq), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        nodes_to_quantize=quantizable_nodes(graph, opts.exclude), calibrate_method=method,
-        calibration_cache_path=str(opts.cache) if opts.cache else None,
+        str(src), str(qdq), None, quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=placement.nodes,
+        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=str(ranges_path),
         extra_options={
             "ActivationSymmetric": True, "WeightSymmetric": True,  # TensorRT needs zero points of 0
             "QuantizeBias": False,  # TensorRT wants float biases
             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # output channels of [K, N] weights
-            # TensorRT: quantize inputs, never the outputs of weighted ops or residual Adds.
-            "OpTypesToExcludeOutputQuantization": [*WEIGHTED_OPS, "Add"],
+            "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul", "Gemm", "Add"],  # policy rule 2
         },
     )
-    # Everything left in float runs in FP16, as ModelOpt does.
-    onnx.save(convert_to_fp16(onnx.load(str(qdq)), keep_fp32=keep_fp32), str(out))
-    qdq.unlink()
+    model = onnx.load(str(qdq))
+    enforce(model, placement)
+    onnx.save(lower_float_part(model, keep_fp32), str(out))
 
 
-def int8_modelopt(src: Path, out: Path, data: np.ndarray | None, opts: CalibrationOptions) -> None:
+def int8_modelopt(src: Path, out: Path, placement: Placement, cache: Path, keep_fp32: tuple[str, ...]) -> None:
+    """ModelOpt's INT8 ONNX PTQ for the policy's nodes, its scales taken from ``cache`` (runs in a child)."""
     from modelopt.onnx.quantization import quantize as mo_quantize
 
-    source = onnx.load(str(src), load_external_data=False)
-    if data is None:  # cache hit: ModelOpt still wants one sample to shape its calibration session
-        dims = [d.dim_value or 1 for d in source.graph.input[0].type.tensor_type.shape.dim]
-        data = np.zeros(dims, np.float32)
-    cache = Path(opts.cache) if opts.cache else None
+    quiet_modelopt()
+    model = onnx.load(str(src), load_external_data=False)
+    dims = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
     mo_quantize(
-        str(src), quantize_mode="int8", calibration_data={source.graph.input[0].name: data},
-        calibration_method=opts.method.value, calibration_cache_path=str(cache) if cache and cache.is_file() else None,
-        calibration_eps=["cpu"], nodes_to_exclude=excluded_nodes(source, opts.exclude) or None,
-        high_precision_dtype="fp16", output_path=str(out), log_level="ERROR",
+        str(src), quantize_mode="int8", calibration_data={model.graph.input[0].name: np.zeros(dims, np.float32)},
+        calibration_method="max", calibration_cache_path=str(cache), calibration_eps=["cpu"],
+        nodes_to_quantize=placement.nodes, disable_mha_qdq=True, enable_gemv_detection_for_trt=False,
+        high_precision_dtype="fp16", op_types_to_exclude_fp16=list(keep_fp32), output_path=str(out), log_level="ERROR",
     )
-    if cache is not None and not cache.is_file():
-        write_trt_calibration_cache(onnx.load(str(out)), cache)
+    result = onnx.load(str(out))
+    enforce(result, placement)
+    onnx.save(result, str(out))
 
 
-def write_trt_calibration_cache(model: onnx.ModelProto, path: Path) -> int:
-    """Activation scales of a Q/DQ graph as a TensorRT calibration cache (the format ModelOpt reads back)."""
-    import struct
+def _child(conn, fn, args) -> None:
+    import os
+    import sys
 
-    g = Graph(model)
-    lines = []
-    for node in model.graph.node:
-        scale = node.input[1] if node.op_type == "QuantizeLinear" else ""
-        # onnxruntime names a scale "<tensor>_scale"; ModelOpt's fp16 pass may add a "_<n>" suffix.
-        match = re.fullmatch(r"(.+)_scale(?:_\d+)?", scale)
-        if match and scale in g.initializers and not g.is_constant(node.input[0]):
-            value = float(onnx.numpy_helper.to_array(g.initializers[scale]).reshape(-1)[0])
-            lines.append(f"{match.group(1)}: {struct.pack('!f', value).hex()}")
-    path.write_text("TRT-10000-EntropyCalibration2\n" + "\n".join(sorted(set(lines))) + "\n")
-    return len(lines)
+    # Results and errors come back through ``conn``: the worker's own prints and logs would interleave
+    # with the parent's progress display.
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the child's whole life
+    try:
+        conn.send((True, fn(*args)))
+    except BaseException as err:  # noqa: BLE001 - everything goes back to the parent as one line
+        conn.send((False, f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"))
 
 
-def in_child_process(fn, *args):
-    """Run ``fn`` in a fresh interpreter: ModelOpt rewrites onnxruntime.quantization's global registries
-    on import and use, which would change every later onnxruntime quantization in this process."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+def in_child_process(fn, *args, what: str = "worker"):
+    """Run ``fn`` in a fresh interpreter (ModelOpt rewrites onnxruntime.quantization's global registries on
+    import and use). The child is stopped, within seconds, whenever the parent stops waiting."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+    process.start()
+    send.close()
+    try:
+        while not receive.poll(0.2):  # short waits: Ctrl-C and SIGTERM are handled at once
+            if not process.is_alive():
+                raise FvdeployError(f"the {what} process died (exit code {process.exitcode})")
+        ok, value = receive.recv()
+        if not ok:
+            raise FvdeployError(f"{what} failed: {value}")
+        return value
+    finally:
+        if process.is_alive():
+            process.terminate()
+            process.join(2)
+            if process.is_alive():
+                process.kill()
+        process.join()
 
 
 def _version(package: str) -> str | None:
@@ -203,53 +179,82 @@ def _version(package: str) -> str | None:
         return None
 
 
+def scales_for(job: QuantizeJob, model: onnx.ModelProto, needed: set[str], src: ArtifactRecord, workdir: Path,
+               steps: Steps) -> Calibration:
+    opts = job.calibration
+    if opts.cache_hit:
+        calibration = read_cache(opts.cache, needed)  # refused unless complete for this graph
+        steps.note(f"using {len(needed)} scales from calibration cache {opts.cache} (calibration skipped)")
+        return calibration
+    with steps(f"calibrating on images from {opts.folder} ({opts.method.value}, streamed)"):
+        calibration = calibrate(workdir / "source.onnx", needed, Path(opts.folder), opts.images, src.model.resolution,
+                                src.model.preprocessing, opts.method, workdir, steps.note)
+    if opts.cache is not None:
+        write_text_atomic(Path(opts.cache), cache_text(calibration.scales))
+    return calibration
+
+
+def quantize_int8(job: QuantizeJob, tmp: Path, src: ArtifactRecord, steps: Steps) -> dict:
+    """Write the INT8 Q/DQ graph to ``tmp``; return the record's ``int8`` details."""
+    workdir = tmp.parent
+    shutil.copyfile(job.source, workdir / "source.onnx")  # backends may write beside their input: never the user's
+    model = onnx.load(str(workdir / "source.onnx"))
+    placement = plan_placement(model, job.calibration.exclude)
+    if not placement.int8_ops:
+        raise FvdeployError("no node left to quantize (every weighted op is excluded)")
+    needed = activation_tensors(model, placement)
+    calibration = scales_for(job, model, needed, src, workdir, steps)
+    backend = choose_backend(job.calibration)
+    start = time.perf_counter()
+    with steps(f"INT8 Q/DQ with {backend} ({len(placement.int8_ops)} weighted ops, "
+               f"{len(placement.residual_adds)} residual adds)"):
+        if backend == "modelopt":
+            cache = workdir / "scales.cache"
+            cache.write_text(cache_text(calibration.scales))
+            in_child_process(int8_modelopt, workdir / "source.onnx", tmp, placement, cache, job.keep_fp32,
+                             what="ModelOpt")
+        else:
+            int8_onnxruntime(workdir / "source.onnx", tmp, placement, calibration.scales, workdir, job.keep_fp32)
+    return {"backend": backend, "backend_version": _version("nvidia-modelopt" if backend == "modelopt" else "onnxruntime"),
+            "calibration": {"source": calibration.source, **calibration.facts,
+                            "cache": str(job.calibration.cache) if job.calibration.cache else None,
+                            "folder": str(job.calibration.folder) if job.calibration.folder else None},
+            "placement": {"int8_ops": len(placement.int8_ops), "residual_adds": len(placement.residual_adds),
+                          "excluded": list(placement.excluded), "exclude_patterns": list(job.calibration.exclude)},
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
 def quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
     src = read_record(job.source)
-    size = src.model.resolution
-    details: dict = {}
+    with steps("the FP32 graph on real images"):
+        images = batch_of(load_batch(src.model.resolution, src.model.preprocessing, job.images), EVAL_IMAGES)
+        kinds = {o.name: o.kind for o in src.outputs}
+        with OnnxRuntimeRunner(job.source, kinds=kinds) as fp32:
+            references = fp32.infer(images)
     with atomic_output(job.output, job.overwrite) as tmp:
+        details: dict = {}
         if job.precision == "fp16":
-            with steps("converting to FP16"):
-                onnx.save(convert_to_fp16(onnx.load(str(job.source)), keep_fp32=job.keep_fp32), str(tmp))
-            details["fp16"] = {"kept_fp32_ops": list(job.keep_fp32), "converter": "fvdeploy"}
+            with steps("converting to FP16 (ModelOpt AutoCast)"):
+                onnx.save(convert_to_fp16(job.source, images, tmp.parent, job.keep_fp32), str(tmp))
         else:
-            opts = job.calibration
-            backend = choose_backend(opts)
-            data = None
-            if opts.cache_hit:
-                steps.note(f"using calibration cache {opts.cache} (calibration skipped)")
-            else:
-                with steps(f"loading calibration images from {opts.folder}"):
-                    data = calibration_data(Path(opts.folder), opts.images, size, src, steps)
-            start = time.perf_counter()
-            with steps(f"INT8 Q/DQ with {backend} ({opts.method.value} calibration)"):
-                if backend == "modelopt":
-                    in_child_process(int8_modelopt, job.source, tmp, data, opts)
-                else:
-                    int8_onnxruntime(job.source, tmp, data, opts, job.keep_fp32)
-            details["int8"] = {
-                "backend": backend, "backend_version": _version("nvidia-modelopt" if backend == "modelopt" else "onnxruntime"),
-                "method": opts.method.value, "calibration_images": 0 if data is None else len(data),
-                "calibration_dir": str(opts.folder) if opts.folder else None,
-                "calibration_cache": str(opts.cache) if opts.cache else None,
-                "cache_hit": opts.cache_hit, "excluded": list(opts.exclude),
-                "seconds": round(time.perf_counter() - start, 2),
-            }
+            details["int8"] = quantize_int8(job, tmp, src, steps)
         result = onnx.load(str(tmp), load_external_data=False)
+        # fp32 beyond LayerNorm: the op types asked for, and in FP16 graphs AutoCast's overflow guard
+        # (nodes whose reference values left fp16's safe range). Anything else fails the precision check.
+        kept = [n for n, (op, kind) in compute_precisions(result).items() if kind == "fp32" and op not in DEFAULT_FP32_OPS
+                and (job.precision == "fp16" or op in job.keep_fp32)]
+        details["lowering"] = {"converter": "modelopt-autocast", "version": _version("nvidia-modelopt"),
+                               "kept_fp32_ops": list(job.keep_fp32), "kept_fp32_nodes": kept}
         if "int8" in details:
             details["int8"]["qdq_pairs"] = sum(1 for n in result.graph.node if n.op_type == "QuantizeLinear")
         details["initializer_types"] = float_types(result)
         record = src.replace(precision=job.precision, command=job.argv(), source=FileRef.of(job.source),
-                             details=details, checks=None, parity=None, notes=(), files={}, tools={}, created="")
+                             fp32_nodes=tuple(kept), details=details, checks=None, parity=None, notes=(), files={},
+                             tools={}, created="")
         embed_in_onnx(result, record)  # backends drop the source's metadata
         onnx.save(result, str(tmp))
-        with steps("the FP32 graph on real images"):
-            images = batch_of(load_batch(size, src.model.preprocessing, job.images), EVAL_IMAGES)
-        kinds = {o.name: o.kind for o in src.outputs}
-        fp32 = OnnxRuntimeRunner(job.source, kinds=kinds)
-        with fp32:
-            references = fp32.infer(images)
         parity = ParityJob(f"comparing {job.precision} with the FP32 graph on real images",
                            lambda path: OnnxRuntimeRunner(path, kinds=kinds, batch_range=src.batch_range),
                            lambda _: references, [images], TOLERANCES[job.precision].override(job.tolerance))
-        return finish(tmp, record, steps, check=lambda path: inspect_model(onnx.load(str(path)), path), parity=parity)
+        return finish(tmp, record, steps, parity=parity,
+                      check=lambda path: inspect_model(onnx.load(str(path)), path, expect=job.precision))

@@ -94,6 +94,7 @@ class ArtifactRecord:
     outputs: tuple[TensorSpec, ...]
     command: tuple[str, ...] = ()  # the fvdeploy command line that makes this artifact
     source: FileRef | None = None  # the ONNX it was made from (quantize, build-trt)
+    fp32_nodes: tuple[str, ...] = ()  # kept fp32 by the FP16 lowering's overflow guard (beyond LayerNorm)
     details: Mapping[str, Any] = field(default_factory=dict)  # format-specific facts
     checks: Mapping[str, Any] | None = None  # graph / package / engine checks
     parity: Mapping[str, Any] | None = None
@@ -124,7 +125,7 @@ class ArtifactRecord:
             "record_version": RECORD_VERSION, "format": self.format, "precision": self.precision, "model": model,
             "batch_range": list(self.batch_range), "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs], "command": list(self.command),
-            "source": self.source.to_dict(base) if self.source else None,
+            "source": self.source.to_dict(base) if self.source else None, "fp32_nodes": list(self.fp32_nodes),
         }
 
     def to_dict(self, base: Path | None = None) -> dict:
@@ -146,7 +147,7 @@ class ArtifactRecord:
             d["format"], d["precision"], ModelDescription.from_dict(model), tuple(d["batch_range"]),
             tuple(TensorSpec.from_dict(t) for t in d["inputs"]), tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
             tuple(d.get("command", ())), FileRef.from_dict(d["source"], base) if d.get("source") else None,
-            d.get("details") or {}, d.get("checks"), d.get("parity"), tuple(d.get("notes", ())),
+            tuple(d.get("fp32_nodes", ())), d.get("details") or {}, d.get("checks"), d.get("parity"), tuple(d.get("notes", ())),
             d.get("timings_s") or {}, d.get("files") or {}, d.get("tools") or {}, d.get("created", ""),
         )
 

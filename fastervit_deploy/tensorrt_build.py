@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .engine_audit import audit
 from .errors import FvdeployError
 from .files import atomic_output
 from .model_spec import ModelDescription
@@ -119,6 +120,7 @@ def build_engine(job: BuildJob, steps: Steps) -> ArtifactRecord:
     cache_bytes = opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)  # ignore_mismatch=False
     config.progress_monitor = _progress_monitor(trt, console)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the audit
     with steps(f"building TensorRT {trt.__version__} engine"):
         plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -135,4 +137,21 @@ def build_engine(job: BuildJob, steps: Steps) -> ArtifactRecord:
     )
     with atomic_output(job.output, job.overwrite) as tmp:
         tmp.write_bytes(bytes(plan))
-        return finish(tmp, record, steps)
+        return finish(tmp, record, steps,
+                      check=lambda path: audit(engine_information(trt, path, profile), record.precision))
+
+
+def engine_information(trt, path: Path, profile: Profile) -> str:
+    """The engine's layer information as JSON (TensorRT 10 and 11), formats resolved at the opt batch."""
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise FvdeployError(f"TensorRT cannot load the engine it just built ({path.name})")
+    context = engine.create_execution_context()
+    context.set_input_shape(profile.input_name, profile.shape(profile.opt_batch))
+    inspector = engine.create_engine_inspector()
+    # Without a context, shapes that depend on the batch show as -1 and formats are left out.
+    for name in ("execution_context", "context"):  # the property's name in 10/11, and before 10
+        if hasattr(inspector, name):
+            setattr(inspector, name, context)
+            break
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)

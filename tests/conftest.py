@@ -36,6 +36,24 @@ def require_shared():
 
 
 @pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory, worker_id) -> Path:
+    """A folder every xdist worker of this run sees (the workers' own temp folders sit inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+def shared(shared_dir: Path, name: str, make) -> Path:
+    """``shared_dir/name``, made once per test run by whichever worker gets there first."""
+    from filelock import FileLock
+
+    path = shared_dir / name
+    with FileLock(str(shared_dir / f"{name}.lock")):
+        if not path.exists():
+            make(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def fv0():
     from fastervit import create_model
 

@@ -37,9 +37,10 @@ def test_class_names_are_imagenet_order():
     assert len(names) == 1000 and names[0] == "tench" and names[1] == "goldfish" and names[999] == "toilet tissue"
 
 
-def test_fastervit0_classifier_package(tmp_path):
+def test_classifier_package_over_the_imagenet_classes(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "tiny1k.pth.tar", num_classes=1000)  # a FasterViT-0-shaped tiny model
     out = tmp_path / "fv0.mlpackage"
-    result = cli("coreml", "--model", "faster_vit_0_224", "--max-batch", 4, "--output", out)
+    result = cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--max-batch", 4, "--output", out)
     assert result.exit_code == 0, result.output
     # Read the saved package back with coremltools (not the converter's own report).
     spec = ct.models.MLModel(str(out), skip_model_load=True).get_spec()
@@ -49,12 +50,15 @@ def test_fastervit0_classifier_package(tmp_path):
     batch_dim = spec.mlProgram.functions["main"].inputs[0].type.tensorType.dimensions[0]
     assert batch_dim.WhichOneof("dimension") == "unknown"  # flexible batch
     consts = [op for op in spec.mlProgram.functions["main"].block_specializations["CoreML7"].operations if op.type == "const"]
-    fp16 = [op for op in consts if op.outputs[0].type.tensorType.dataType == ct.proto.MIL_pb2.DataType.Value("FLOAT16")]
-    assert len(fp16) > 100
+    kind = lambda op: ct.proto.MIL_pb2.DataType.Name(op.outputs[0].type.tensorType.dataType)  # noqa: E731
+    fp16, fp32 = [op for op in consts if kind(op) == "FLOAT16"], [op for op in consts if kind(op) == "FLOAT32"]
+    assert len(fp16) > 100 and len(fp32) < 0.1 * len(fp16)  # weights in fp16; a few image-scaling scalars fp32
+    classes = spec.mlProgram.functions["main"].block_specializations["CoreML7"].operations
+    assert any(op.type == "classify" for op in classes)
     meta = spec.description.metadata
     assert meta.author == "fvdeploy" and "non-commercial" in meta.license and meta.versionString
     assert meta.userDefined["fvdeploy.model"] == "faster_vit_0_224"
-    assert meta.userDefined["fvdeploy.checkpoint_sha256"] == "random-weights"
+    assert meta.userDefined["fvdeploy.checkpoint_sha256"] == __import__("hashlib").sha256(ckpt.read_bytes()).hexdigest()
     # The package carries its own record: model, precision, batch range.
     record = read_record(out)
     assert record.precision == "fp16" and record.batch_range == (1, 4) and record.outputs[0].kind == "probabilities"
