@@ -168,3 +168,42 @@ def carrier_count(plan: StagePlan, ct_size: int) -> int:
 def carrier_bias_grid(plan: StagePlan, ct_size: int) -> int:
     """Side of the square grid the carrier-attention bias is built on (SPEC.md §4.1)."""
     return math.isqrt(carrier_count(plan, ct_size))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes the largest fp32 tensors of one forward pass take, per image and for the geometry buffers."""
+
+    per_image: int  # the largest activation of one image
+    per_image_what: str
+    buffers: int  # built once at construction (relative-position tables), independent of the batch
+    buffers_what: str
+
+    def peak(self, batch: int) -> int:
+        # A layer holds its input, its output and a temporary of the largest size at once.
+        return 3 * self.per_image * batch + 3 * self.buffers
+
+
+def estimate_memory(cfg: FasterViTConfig) -> MemoryEstimate:
+    """The largest tensors, from the stage plan alone (nothing allocated): activations at batch 1 (stem
+    output, MLP hidden layer, window and carrier attention maps) and the relative-position tables."""
+    H, W = cfg.resolution
+    half = (_ceil_half(H), _ceil_half(W))
+    sizes: dict[str, int] = {f"stem output {cfg.in_dim}x{half[0]}x{half[1]}": cfg.in_dim * half[0] * half[1] * 4}
+    buffers: dict[str, int] = {"none": 0}
+    for p in plan_stages(cfg):  # raises for a size the architecture cannot take
+        area = (p.padded[0] * p.padded[1]) if p.transformer else p.size[0] * p.size[1]
+        hidden = int(p.width * cfg.mlp_ratio) if p.transformer else p.width
+        sizes[f"stage {p.index} hidden layer {hidden}x{p.size[0]}x{p.size[1]}"] = hidden * area * 4
+        if p.transformer:
+            tokens = p.window * p.window + (cfg.ct_size ** 2 if p.has_carriers else 0)
+            heads = cfg.num_heads[p.index]
+            sizes[f"stage {p.index} attention {p.num_windows}x{heads}x{tokens}x{tokens}"] = p.num_windows * heads * tokens**2 * 4
+            carriers = carrier_count(p, cfg.ct_size) if p.has_carriers else 0
+            sizes[f"stage {p.index} carrier attention {heads}x{carriers}x{carriers}"] = heads * carriers**2 * 4
+            # relative coordinates (2 int64 per token pair) and the bias table (one fp32 per head and pair)
+            buffers[f"stage {p.index} position tables for {tokens}x{tokens} token pairs"] = tokens**2 * (16 + 4 * heads)
+    act = max(sizes, key=sizes.__getitem__)
+    buf = max(buffers, key=buffers.__getitem__)
+    return MemoryEstimate(sizes[act], act, buffers[buf], buf)
+

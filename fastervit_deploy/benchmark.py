@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .files import atomic_output
 from .progress import progress_bar
 
 
@@ -70,13 +73,29 @@ def results_table(results: list[dict], title: str = "latency (ms) and throughput
     return table
 
 
-def plot(results: list[dict], path: Path) -> None:
+def machine(threads: int | None) -> dict:
+    """What the figures depend on: CPU, cores, threads used, and the tool versions."""
+    from .record import tool_versions
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads or os.cpu_count(), "system": platform.system(),
+            "versions": tool_versions()}
+
+
+def plot(results: list[dict], path: Path, info: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.4))
+    sizes = sorted({r["batch"] for r in results})
     for name in dict.fromkeys(r["runner"] for r in results):
         rows = sorted((r for r in results if r["runner"] == name), key=lambda r: r["batch"])
         xs = [r["batch"] for r in rows]
@@ -85,11 +104,17 @@ def plot(results: list[dict], path: Path) -> None:
     ax1.set(xlabel="batch", ylabel="p50 latency (ms)", title="latency", xscale="log", yscale="log")
     ax2.set(xlabel="batch", ylabel="images / s", title="throughput", xscale="log")
     for ax in (ax1, ax2):
+        ax.set_xticks(sizes, [str(n) for n in sizes])  # labelled at the measured batch sizes, nothing between
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(True, alpha=0.3)
         ax.legend()
+    versions = info["versions"]
+    fig.suptitle(f"{info['cpu']}, {info['threads']} of {info['cores']} threads; onnxruntime "
+                 f"{versions.get('onnxruntime', versions.get('onnxruntime-gpu', '-'))}, torch {versions.get('torch', '-')}",
+                 fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 

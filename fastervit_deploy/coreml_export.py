@@ -26,6 +26,7 @@ from .checks import CheckReport, Finding
 from .errors import FvdeployError
 from .files import atomic_output
 from .images import load_batch
+from .labels import class_names
 from .model_spec import ModelDescription, TensorSpec
 from .optional import import_coremltools
 from .options import MULTIFUNCTION_TARGETS, CoreMLOptions, CoreMLPrecision
@@ -42,7 +43,6 @@ INPUT_NAME = "image"
 EXPECTED_OPS = {"add", "avg_pool", "cast", "classify", "concat", "const", "conv", "gelu", "layer_norm", "linear",
                 "matmul", "mul", "pad", "reduce_mean", "relu", "reshape", "slice_by_index", "softmax", "split",
                 "transpose", "real_div", "sub", "erf"}
-CLASS_NAMES = Path(__file__).with_name("data") / "imagenet1k_classes.tsv"
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,6 @@ class CoreMLJob:
         return export_coreml(self, steps)
 
 
-def class_names() -> list[str]:
-    """ImageNet-1k names in output order (first lemma of each synset)."""
-    rows = CLASS_NAMES.read_text().splitlines()[1:]
-    return [row.split("\t")[2].split(",")[0].strip() for row in rows]
-
-
 class ImageClassifier(nn.Module):
     """What the package computes from Core ML's ``pixel/255 - mean``: logits or probabilities."""
 
@@ -110,7 +104,7 @@ def convert(ct, program, desc: ModelDescription, opts: CoreMLOptions):
     image = ct.ImageType(name=INPUT_NAME, shape=(batch, 3, *desc.resolution), scale=1 / 255.0,
                          bias=[-m for m in desc.preprocessing.mean], color_layout=ct.colorlayout.RGB)
     num_classes = desc.config.num_classes
-    labels = class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
+    labels = class_names(num_classes)
     kwargs = {} if opts.raw_logits else {"classifier_config": ct.ClassifierConfig(labels)}
     if opts.raw_logits:
         kwargs["outputs"] = [ct.TensorType(name="logits")]

@@ -29,10 +29,20 @@ class MissingDependency(FvdeployError):
 _BAD_INPUT = (ValueError, OSError, MemoryError)
 
 
+# How torch's and onnxruntime's allocators report a failed allocation (a RuntimeError or their own type).
+_OUT_OF_MEMORY = ("can't allocate memory", "Failed to allocate memory", "bad_alloc", "out of memory")
+
+
+def out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError) or any(marker in str(err) for marker in _OUT_OF_MEMORY)
+
+
 def exit_code_of(err: BaseException) -> int | None:
     """The exit code of a known failure; None for a bug."""
     if isinstance(err, FvdeployError):
         return err.exit_code
+    if out_of_memory(err):
+        return EXIT_BAD_INPUT
     model = sys.modules.get("fastervit")  # not imported at start-up: it loads torch
     if isinstance(err, _BAD_INPUT) or (model is not None and isinstance(err, model.UnknownModelError)):
         return EXIT_BAD_INPUT
@@ -40,8 +50,8 @@ def exit_code_of(err: BaseException) -> int | None:
 
 
 def one_line(err: BaseException) -> str:
-    if isinstance(err, MemoryError):
-        return f"out of memory{': ' + str(err) if str(err) else ''} (try a smaller resolution or batch)"
+    if out_of_memory(err):
+        return "out of memory (try a smaller resolution or batch)"
     if isinstance(err, OSError) and err.strerror:
         return f"{err.strerror}: {err.filename}" if err.filename else err.strerror
     text = str(err).strip()

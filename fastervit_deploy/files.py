@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from . import lifecycle
 from .errors import FvdeployError
 
 PACKAGE_SUFFIXES = (".mlpackage",)  # artifacts that are folders
@@ -51,7 +52,7 @@ def _nearest_existing(folder: Path) -> Path:
 
 def check_output(path: Path, overwrite: bool, suffix: str | tuple[str, ...]) -> Path:
     """Refuse a wrong suffix, a folder in the way, an existing file (unless ``overwrite``), or a folder
-    that cannot be written. Creates nothing."""
+    that cannot be written. Leaves nothing behind (writability is probed with a file it removes)."""
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
     if path.suffix.lower() not in suffixes:
         raise FvdeployError(f"output must end in {' or '.join(suffixes)}, got {path.name}")
@@ -65,9 +66,20 @@ def check_output(path: Path, overwrite: bool, suffix: str | tuple[str, ...]) -> 
     base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise FvdeployError(f"cannot create output folder {path.parent}: {base} is not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
+    if not _writable(base):
         raise FvdeployError(f"output folder {base} is not writable")
     return path
+
+
+def _writable(folder: Path) -> bool:
+    """Try it: permission bits say nothing for root, nor for read-only mounts and /proc."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".fvdeploy-probe.")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:
@@ -144,8 +156,8 @@ def published_path(tmp: Path) -> Path:
 def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success publish it (and what was written beside it).
 
-    Whatever goes wrong, including KeyboardInterrupt and SIGTERM (which fvdeploy turns into an
-    exception), the temporary folder and any output folder created for it are removed.
+    Whatever goes wrong, including Ctrl-C and SIGTERM (``lifecycle``), the temporary folder and any
+    output folder created for it are removed.
     """
     path = Path(path)
     missing = []
@@ -160,9 +172,10 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     published = False
     try:
-        yield tmpdir / path.name
-        _publish(tmpdir, path, overwrite)
-        published = True
+        with lifecycle.temporary(tmpdir):
+            yield tmpdir / path.name
+            _publish(tmpdir, path, overwrite)
+            published = True
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
         if not published:

@@ -34,6 +34,7 @@ from fastervit.geometry import check_resolution, runtime_stage_sizes
 from .errors import FvdeployError
 from .files import sha256
 from .options import ModelRequest
+from .resources import check_fits
 
 INPUT_NAME = "input"
 CLASSIFIER_OUTPUT = "logits"
@@ -217,6 +218,7 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
     except (TypeError, ValueError) as err:
         raise FvdeployError(str(err)) from None
     check_resolution(config)  # UnsupportedResolutionError names the sizes that work
+    check_fits(req.name, config)
     pre = entry.pretrained
     return ModelDescription(
         req.name, config, Preprocessing(pre.mean, pre.std, pre.crop_pct, pre.crop_mode, pre.interpolation),

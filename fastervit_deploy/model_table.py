@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from fastervit import build_meta, get_entry, list_models
@@ -27,9 +28,11 @@ def model_rows(pattern: str = "*") -> list[dict]:
 
 
 def models_table(rows: list[dict]) -> Table:
-    table = Table(title="FasterViT variants")
+    # Fits 80 columns at its natural width (no truncated cells): a light box, short headers.
+    table = Table(title="FasterViT variants", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="windows: stages 2,3; carriers: carrier-token grid per stage")
     table.add_column("model", no_wrap=True)
-    for col in ("params", "input", "windows s2,s3", "carriers", "crop"):
+    for col in ("params", "input", "windows", "carriers", "crop"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(r["name"], f"{r['params'] / 1e6:.2f}M", r["resolution"], r["windows"], r["hat"],

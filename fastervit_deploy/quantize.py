@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from . import lifecycle
 from .calibration import Calibration, cache_text, calibrate, read_cache
 from .errors import FvdeployError, MissingDependency
 from .files import atomic_output, write_text_atomic
@@ -134,10 +135,14 @@ def int8_modelopt(src: Path, out: Path, placement: Placement, cache: Path, keep_
     onnx.save(result, str(out))
 
 
-def _child(conn, fn, args) -> None:
+def _child(conn, fn, args, tmpdir) -> None:
     import os
     import sys
+    import tempfile
 
+    lifecycle.worker_signals()
+    if tmpdir is not None:  # the worker's own temporary files go where fvdeploy's go, and go with them
+        os.environ["TMPDIR"] = tempfile.tempdir = str(tmpdir)
     # Results and errors come back through ``conn``: the worker's own prints and logs would interleave
     # with the parent's progress display.
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the child's whole life
@@ -147,29 +152,31 @@ def _child(conn, fn, args) -> None:
         conn.send((False, f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"))
 
 
-def in_child_process(fn, *args, what: str = "worker"):
+def in_child_process(fn, *args, what: str = "worker", tmpdir: Path | None = None):
     """Run ``fn`` in a fresh interpreter (ModelOpt rewrites onnxruntime.quantization's global registries on
-    import and use). The child is stopped, within seconds, whenever the parent stops waiting."""
+    import and use). The child is stopped, within seconds, whenever the parent stops waiting; its
+    temporary files go to ``tmpdir``."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+    process = ctx.Process(target=_child, args=(send, fn, args, tmpdir), daemon=True)
     process.start()
     send.close()
-    try:
-        while not receive.poll(0.2):  # short waits: Ctrl-C and SIGTERM are handled at once
-            if not process.is_alive():
-                raise FvdeployError(f"the {what} process died (exit code {process.exitcode})")
-        ok, value = receive.recv()
-        if not ok:
-            raise FvdeployError(f"{what} failed: {value}")
-        return value
-    finally:
-        if process.is_alive():
-            process.terminate()
-            process.join(2)
+    with lifecycle.worker(process):
+        try:
+            while not receive.poll(0.2):  # short waits: Ctrl-C and SIGTERM are handled at once
+                if not process.is_alive():
+                    raise FvdeployError(f"the {what} process died (exit code {process.exitcode})")
+            ok, value = receive.recv()
+            if not ok:
+                raise FvdeployError(f"{what} failed: {value}")
+            return value
+        finally:
             if process.is_alive():
-                process.kill()
-        process.join()
+                process.terminate()
+                process.join(2)
+                if process.is_alive():
+                    process.kill()
+            process.join()
 
 
 def _version(package: str) -> str | None:
@@ -212,7 +219,7 @@ def quantize_int8(job: QuantizeJob, tmp: Path, src: ArtifactRecord, steps: Steps
             cache = workdir / "scales.cache"
             cache.write_text(cache_text(calibration.scales))
             in_child_process(int8_modelopt, workdir / "source.onnx", tmp, placement, cache, job.keep_fp32,
-                             what="ModelOpt")
+                             what="ModelOpt", tmpdir=workdir)
         else:
             int8_onnxruntime(workdir / "source.onnx", tmp, placement, calibration.scales, workdir, job.keep_fp32)
     return {"backend": backend, "backend_version": _version("nvidia-modelopt" if backend == "modelopt" else "onnxruntime"),

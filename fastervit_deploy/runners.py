@@ -69,9 +69,21 @@ def check_batch(batch: np.ndarray, spec: TensorSpec, batch_range: tuple[int, int
 class TorchRunner(Runner):
     name = "pytorch"
 
-    def __init__(self, model: torch.nn.Module, input: TensorSpec, outputs: tuple[TensorSpec, ...]) -> None:
+    def __init__(self, model: torch.nn.Module, input: TensorSpec, outputs: tuple[TensorSpec, ...],
+                 threads: int | None = None) -> None:
         super().__init__()
-        self.model, self.input, self.outputs = model.eval(), input, outputs
+        self.model, self.input, self.outputs, self.threads = model.eval(), input, outputs, threads
+        self._saved_threads: int | None = None
+
+    def activate(self) -> None:
+        if self.threads:  # torch's thread count is process-wide: set while active, restored after
+            self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+
+    def deactivate(self) -> None:
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
 
     @torch.no_grad()
     def _infer(self, batch: np.ndarray) -> Outputs:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastervit_deploy.coreml_export import ImageClassifier, class_names
+from fastervit_deploy.coreml_export import ImageClassifier
+from fastervit_deploy.labels import imagenet_names
 from fastervit_deploy.model_spec import resolve_model
 from fastervit_deploy.options import CoreMLOptions, DeploymentTarget, OutputTarget
 from fastervit_deploy.plan import plan_coreml
@@ -33,7 +34,7 @@ def test_image_input_with_folded_std_equals_normalised_model():
 
 
 def test_class_names_are_imagenet_order():
-    names = class_names()
+    names = imagenet_names()
     assert len(names) == 1000 and names[0] == "tench" and names[1] == "goldfish" and names[999] == "toilet tissue"
 
 

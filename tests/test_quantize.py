@@ -151,6 +151,24 @@ def test_cache_rebuild_gives_the_same_scales_and_bad_caches_are_refused(digits, 
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.xdist_group("digits-int8")
+def test_predict_labels_held_out_digits_through_every_precision(digits, int8_graphs, tmp_path):
+    """`fvdeploy predict` with the model's own preprocessing: the held-out digits' true classes come out on top."""
+    _, _, test, y_test = digits_split()
+    files = [p for p in sorted(write_folder(test[:24], tmp_path / "digits").iterdir())]
+    for artifact in (digits["fp32"], *(out for out, _ in int8_graphs[0].values())):
+        result = cli("predict", artifact, *files, "--top", 3, "--json", tmp_path / "p.json")
+        assert result.exit_code == 0, result.output
+        rows = json.loads((tmp_path / "p.json").read_text())["predictions"]
+        assert [r["image"] for r in rows] == [str(f) for f in files]
+        top1 = np.array([r["top"][0]["index"] for r in rows])
+        assert (top1 == y_test[:24]).mean() >= 0.95, (artifact.name, top1, y_test[:24])
+        probs = np.array([[t["probability"] for t in r["top"]] for r in rows])
+        assert np.all(np.diff(probs, axis=1) <= 0) and np.all(probs.sum(axis=1) <= 1 + 1e-6)
+        assert rows[0]["top"][0]["label"] == f"class {top1[0]}"  # a 10-class head has no ImageNet names
+    assert_one_line_error(cli("predict", digits["fp32"], tmp_path / "absent.png"), r"image not found: .*absent.png", 2)
+
+
 def test_any_folder_calibrates_odd_counts_odd_modes_and_a_corrupt_file(tmp_path):
     path, _ = export_tiny(tmp_path, verify=False)
     folder = tmp_path / "calib"

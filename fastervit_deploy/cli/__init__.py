@@ -1,5 +1,31 @@
 """The `fvdeploy` command line (Typer lives in this package only)."""
 
-from .app import app, main, run
+from __future__ import annotations
 
-__all__ = ["app", "main", "run"]
+import sys
+
+
+def main() -> None:
+    """The console script: signals are routed first (``lifecycle``), then the CLI is imported and run."""
+    from .. import lifecycle
+
+    lifecycle.install()
+    try:
+        from .app import run
+
+        code = run()
+    except KeyboardInterrupt:  # before or after a command (a command reports its own)
+        lifecycle.acknowledge()
+        print("interrupted", file=sys.stderr)
+        code = lifecycle.exit_code()
+    sys.exit(code)
+
+
+def run(argv: list[str] | None = None, prog_name: str | None = None) -> int:
+    """Run one command line in this process and return its exit code (no signal routing)."""
+    from .app import run as run_app
+
+    return run_app(argv, prog_name)
+
+
+__all__ = ["main", "run"]

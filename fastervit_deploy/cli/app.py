@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Annotated, Callable, Optional
 
 import typer
 
-from .. import __version__
+from .. import __version__, lifecycle
 from ..errors import exit_code_of, one_line
 from ..progress import console
 from . import commands
@@ -33,9 +32,10 @@ def one_line_errors(fn: Callable) -> Callable:
             return fn(**kwargs)
         except typer.Exit:
             raise
-        except KeyboardInterrupt as err:
+        except KeyboardInterrupt:
+            lifecycle.acknowledge()
             console.print("interrupted", style="red", highlight=False)
-            raise typer.Exit(getattr(err, "exit_code", 130)) from None
+            raise typer.Exit(lifecycle.exit_code()) from None
         except Exception as err:  # noqa: BLE001 - classified below; anything unknown keeps its traceback
             code = exit_code_of(err)
             if code is None or _state["debug"]:
@@ -69,6 +69,7 @@ COMMANDS: tuple[tuple[str, Callable], ...] = (
     ("inspect", commands.inspect),
     ("verify", commands.verify),
     ("benchmark", commands.benchmark),
+    ("predict", commands.predict),
     ("quantize", commands.quantize),
     ("build-trt", commands.build_trt),
     ("coreml", commands.coreml),
@@ -92,6 +93,3 @@ def run(argv: list[str] | None = None, prog_name: str | None = None) -> int:
         return exc.exit_code
     return code if isinstance(code, int) else 0
 
-
-def main() -> None:
-    sys.exit(run())

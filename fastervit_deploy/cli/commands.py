@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -163,7 +164,7 @@ def verify(
         torch_model = desc.build(steps.note)
         photos = batch_of(load_batch(desc.resolution, desc.preprocessing, images), batch)
     with steps(f"running {art.backend.description}"), art.runner(runtime) as runner, \
-            TorchRunner(torch_model, desc.input, desc.outputs) as reference:
+            TorchRunner(torch_model, desc.input, desc.outputs, threads=runtime.threads) as reference:
         result = run_parity(lambda b: in_output_space(reference.infer(b), runner.outputs), runner, [photos], tol)
     result.update(artifact=str(art.path), runner=runner.name, precision=record.precision, model=desc.name)
     steps.note(f"{record.precision}: {describe(result['overall'])}")
@@ -171,6 +172,35 @@ def verify(
     if not result["passed"]:
         raise CheckFailed("verification failed: " + "; ".join(result["failures"]))
     console.print("[green]verification passed[/green]")
+
+
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="Artifact to run (any format this machine runs).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files.", metavar="IMAGE...")],
+    runtime: RuntimeArgs,
+    top: Annotated[int, typer.Option(min=1, max=100, help="Classes to show per image.")] = 5,
+    json_path: JsonOpt = None,
+) -> None:
+    """Top classes and probabilities of images, with the model's own preprocessing."""
+    _check_json(json_path)
+    for path in images:
+        if not path.is_file():
+            raise FvdeployError(f"image not found: {path}")
+    from ..artifact import open_artifact
+    from ..predict import predict as run_predict
+
+    art = open_artifact(artifact)
+    rows = run_predict(art, images, top, runtime)
+    _write_json(json_path, {"artifact": str(art.path), "precision": art.record.precision, "model": art.model.name,
+                            "predictions": rows})
+    for row in rows:
+        table = Table(title=row["image"], title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("class")
+        table.add_column("index", justify="right")
+        table.add_column("probability", justify="right")
+        for t in row["top"]:
+            table.add_row(t["label"], str(t["index"]), f"{t['probability']:.4f}")
+        stdout.print(table)
 
 
 def benchmark(
@@ -194,7 +224,7 @@ def benchmark(
     import contextlib
 
     from ..artifact import open_artifact
-    from ..benchmark import measure, plot, results_table, synthetic_batches
+    from ..benchmark import machine, measure, plot, results_table, synthetic_batches
     from ..runners import TorchRunner
 
     arts = [open_artifact(a, model) for a in artifacts]
@@ -216,13 +246,15 @@ def benchmark(
             runner = stack.enter_context(art.runner(runtime))
             fns[f"{runner.name}:{art.path.name}"] = runner.infer
         if pytorch:
-            fns["pytorch-eager"] = stack.enter_context(TorchRunner(desc.build(), desc.input, desc.outputs)).infer
+            fns["pytorch-eager"] = stack.enter_context(
+                TorchRunner(desc.build(), desc.input, desc.outputs, threads=runtime.threads)).infer
         batches = synthetic_batches(sizes, desc.input.shape)
         results = measure(fns, batches, warmup, iterations, console)
     stdout.print(results_table(results))
-    _write_json(json_path, {"results": results, "model": desc.name})
+    info = machine(runtime.threads)
+    _write_json(json_path, {"results": results, "model": desc.name, "machine": info})
     if plot_path is not None:
-        plot(results, plot_path)
+        plot(results, plot_path, info)
         console.print(f"plot written to {plot_path}")
 
 
