@@ -33,9 +33,16 @@ class LoadReport:
     recomputed: list[str] = field(default_factory=list)  # derived buffers whose shape differed
     dropped: list[str] = field(default_factory=list)  # checkpoint keys without a module here
     missing_counters: list[str] = field(default_factory=list)  # BatchNorm num_batches_tracked
+    unused: list[str] = field(default_factory=list)  # classifier/later-stage keys a backbone does not build
+    prefix: str = ""
+    left_by_prefix: int = 0  # checkpoint keys outside ``prefix`` (a detector's neck and head)
 
     def summary(self) -> str:
         parts = [f"loaded {self.loaded} tensors"]
+        if self.prefix:
+            parts[0] += f" under {self.prefix!r} (left {self.left_by_prefix} other keys)"
+        if self.unused:
+            parts.append(f"left {len(self.unused)} keys the backbone does not use ({_short(sorted({k.split('.')[0] + '.*' if not k.startswith('levels.') else '.'.join(k.split('.')[:3]) + '.*' for k in self.unused}))})")
         if self.recomputed:
             parts.append(f"recomputed {len(self.recomputed)} geometry buffers for this resolution/windows")
         if self.dropped:
@@ -96,6 +103,36 @@ def _is_derived(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in DERIVED_BUFFER_SUFFIXES
 
 
+def _unused_by_backbone(model: nn.Module, key: str) -> bool:
+    """A classifier checkpoint in a backbone: head, final norm, stages and the downsampler it does not build."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not cfg.features_only:
+        return False
+    if key.startswith(("head.", "norm.")):
+        return True
+    parts = key.split(".")
+    if parts[0] == "levels" and len(parts) > 2 and parts[1].isdigit():
+        level = int(parts[1])
+        return level >= len(model.levels) or (parts[2] == "downsample" and model.levels[level].downsample is None)
+    return False
+
+
+def has_feature_norms(state: Mapping[str, Any]) -> bool:
+    """A detection backbone's per-level channel LayerNorms (``norm0``.., and a ``norm`` that is no BatchNorm)."""
+    return any(f"norm{i}.weight" in state for i in range(3)) or ("norm.weight" in state and "norm.running_mean" not in state)
+
+
+def take_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The keys under ``prefix`` (a detector's ``backbone.0.``), renamed; and how many other keys were left."""
+    if not prefix:
+        return dict(state), 0
+    taken = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not taken:
+        heads = sorted({k.split(".")[0] + "." for k in state})
+        raise CheckpointError(f"no checkpoint key starts with {prefix!r} (keys start with {_short(heads)})")
+    return taken, len(state) - len(taken)
+
+
 def match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Check ``state`` against the model; return the full dict to load strictly, and the report.
 
@@ -131,6 +168,8 @@ def match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tup
             continue
         if ".hat_pos_embed." in key or _is_derived(key):
             report.dropped.append(key)
+        elif _unused_by_backbone(model, key):
+            report.unused.append(key)
         else:
             unexpected.append(key)
     problems = []
@@ -145,12 +184,16 @@ def match_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tup
     return merged, report
 
 
-def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, Any]) -> LoadReport:
-    """Load an official or fvdeploy checkpoint (a path, or what :func:`read_checkpoint` returned)."""
+def load_checkpoint(model: nn.Module, checkpoint: str | Path | Mapping[str, Any], prefix: str = "") -> LoadReport:
+    """Load an official or fvdeploy checkpoint (a path, or what :func:`read_checkpoint` returned).
+
+    ``prefix``: take only the keys under it (e.g. ``backbone.0.`` of a detector) and report the rest."""
     if getattr(model, "deployed", False):
         raise CheckpointError("load weights before deploy(): the deployed model has folded norms")
     obj = checkpoint if isinstance(checkpoint, Mapping) else read_checkpoint(checkpoint)
-    merged, report = match_state_dict(model, extract_state_dict(obj))
+    state, left = take_prefix(extract_state_dict(obj), prefix)
+    merged, report = match_state_dict(model, state)
+    report.prefix, report.left_by_prefix = prefix, left
     model.load_state_dict(merged, strict=True)
     return report
 

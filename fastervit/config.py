@@ -58,6 +58,11 @@ class FasterViTConfig:
     # The any-resolution family pads stage maps to whole windows and builds carriers from the padded
     # size; the 224 family needs stage maps divisible by the window (SPEC.md §4).
     any_res: bool = False
+    # Backbone form (timm's ``features_only``): the stages whose outputs, before their downsampler, the
+    # model returns (strides 4, 8, 16, 32). None: the classifier. ``feature_norms``: a channel LayerNorm
+    # on each returned map (``norm0``, ``norm1``, ``norm2``, ``norm``), as detection checkpoints have.
+    out_indices: tuple[int, ...] | None = None
+    feature_norms: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -66,6 +71,13 @@ class FasterViTConfig:
         set_("window_size", _four(self.window_size, "window_size"))
         set_("hat", tuple(bool(h) for h in _four(tuple(self.hat), "hat")))
         set_("resolution", as_hw(self.resolution))
+        if self.out_indices is not None:
+            indices = tuple(sorted({int(i) for i in self.out_indices}))
+            if not indices or indices[0] < 0 or indices[-1] >= NUM_STAGES:
+                raise ValueError(f"out_indices must be stages 0..{NUM_STAGES - 1}, got {list(self.out_indices)}")
+            set_("out_indices", indices)
+        elif self.feature_norms:
+            raise ValueError("feature_norms needs out_indices (a backbone)")
         if self.layer_scale_conv is not None:
             raise ValueError("layer_scale_conv is not supported: no released FasterViT uses it")
         if min(self.resolution) <= 0:
@@ -90,6 +102,13 @@ class FasterViTConfig:
 
     def stage_width(self, stage: int) -> int:
         return self.dim * 2**stage
+
+    @property
+    def features_only(self) -> bool:
+        return self.out_indices is not None
+
+    def feature_stride(self, stage: int) -> int:
+        return 4 * 2**stage
 
     @property
     def num_features(self) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .config import FasterViTConfig
+from .config import NUM_STAGES, FasterViTConfig
 from .fuse import ChannelAffine, fold_bn_before_pool_into_linear
 from .geometry import StagePlan, carrier_bias_grid, carrier_count, check_resolution
 from .layers import (
@@ -174,7 +174,8 @@ class HatBlock(nn.Module):
 class FasterViTLayer(nn.Module):
     """One stage: blocks, optional downsampler, and (HAT stages) the carrier-token initializer."""
 
-    def __init__(self, cfg: FasterViTConfig, plan: StagePlan, drop_path_rates: list[float]) -> None:
+    def __init__(self, cfg: FasterViTConfig, plan: StagePlan, drop_path_rates: list[float],
+                 downsample: bool = True) -> None:
         super().__init__()
         i, dim = plan.index, plan.width
         self.plan = plan
@@ -188,7 +189,7 @@ class FasterViTLayer(nn.Module):
         else:
             blocks = [ConvBlock(dim, rate) for rate in drop_path_rates]
         self.blocks = nn.ModuleList(blocks)
-        self.downsample = Downsample(dim) if i < 3 else None
+        self.downsample = Downsample(dim) if i < 3 and downsample else None
         if plan.has_tokenizer:
             self.global_tokenizer = TokenInitializer(dim, plan, cfg.ct_size)
 
@@ -207,12 +208,16 @@ class FasterViTLayer(nn.Module):
             x = x[:, :H, :W, :]
         return x.permute(0, 3, 1, 2).contiguous()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's output before its downsampler (what a detection neck takes)."""
         if self.plan.transformer:
-            x = self._transformer(x)
-        else:
-            for blk in self.blocks:
-                x = blk(x)
+            return self._transformer(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_blocks(x)
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -225,13 +230,22 @@ class FasterViT(nn.Module):
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.in_dim, cfg.dim)
         rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         self.levels = nn.ModuleList()
+        # A backbone builds the stages up to its last output, without that stage's downsampler, and no head.
+        last = cfg.out_indices[-1] if cfg.features_only else len(self.plans) - 1
         start = 0
-        for plan, depth in zip(self.plans, cfg.depths):
-            self.levels.append(FasterViTLayer(cfg, plan, rates[start : start + depth]))
+        for plan, depth in zip(self.plans[: last + 1], cfg.depths):
+            self.levels.append(FasterViTLayer(cfg, plan, rates[start : start + depth], downsample=plan.index < last))
             start += depth
-        self.norm = nn.BatchNorm2d(cfg.num_features, eps=1e-5)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.feature_info = FeatureInfo(
+            [{"num_chs": cfg.stage_width(i), "reduction": cfg.feature_stride(i), "module": f"levels.{i}"}
+             for i in (cfg.out_indices or ())])
+        if cfg.features_only:
+            for i in cfg.out_indices if cfg.feature_norms else ():
+                setattr(self, feature_norm_name(i), ChannelLayerNorm(cfg.stage_width(i), eps=1e-6))
+        else:
+            self.norm = nn.BatchNorm2d(cfg.num_features, eps=1e-5)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(cfg.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.apply(_init_weights)
         self.deployed = False
 
@@ -268,10 +282,26 @@ class FasterViT(nn.Module):
         *_, (_, features) = self.stages(x)  # the last stage output: after the final norm
         return features
 
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's maps: each chosen stage's output before its downsampler (then its norm, if any)."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        outs = []
+        for i, level in enumerate(self.levels):
+            y = level.forward_blocks(x)
+            if i in self.cfg.out_indices:
+                norm = getattr(self, feature_norm_name(i), None)
+                outs.append(y if norm is None else norm(y))
+            if level.downsample is not None:
+                x = level.downsample(y)
+        return outs
+
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.avgpool(x), 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.cfg.features_only:
+            return self.forward_levels(x)
         return self.forward_head(self.forward_features(x))
 
     def num_params(self) -> int:
@@ -295,7 +325,9 @@ class FasterViT(nn.Module):
         for module in list(model.modules()):
             if module is not model and hasattr(module, "deploy_"):
                 module.deploy_()
-        if isinstance(model.head, nn.Linear):
+        if model.cfg.features_only:  # a backbone has no final BatchNorm and no head
+            pass
+        elif isinstance(model.head, nn.Linear):
             model.head = fold_bn_before_pool_into_linear(model.norm, model.head)
             model.norm = nn.Identity()
         else:
@@ -304,6 +336,21 @@ class FasterViT(nn.Module):
         return model
 
     fuse = deploy  # Polygraphy/timm users look for either name
+
+
+def feature_norm_name(stage: int) -> str:
+    """The official detection backbone's names: ``norm0``..``norm2``, and ``norm`` for the last stage."""
+    return "norm" if stage == NUM_STAGES - 1 else f"norm{stage}"
+
+
+class FeatureInfo(list):
+    """timm's convention: one dict per output (``num_chs``, ``reduction``, ``module``)."""
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self]
+
+    def reduction(self) -> list[int]:
+        return [f["reduction"] for f in self]
 
 
 def _init_weights(m: nn.Module) -> None:

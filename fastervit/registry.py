@@ -105,13 +105,19 @@ def instantiate(name: str, cfg: FasterViTConfig) -> FasterViT:
     return model.eval()
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, **overrides: Any) -> FasterViT:
-    """Build a registered variant; ``overrides`` are constructor hyper-parameters (SPEC.md §1)."""
+def create_model(name: str, checkpoint: str | Path | None = None, features_only: bool = False,
+                 checkpoint_prefix: str = "", **overrides: Any) -> FasterViT:
+    """Build a registered variant; ``overrides`` are constructor hyper-parameters (SPEC.md §1).
+
+    ``features_only=True`` (timm's convention) builds the backbone: ``out_indices`` (default all four
+    stages) chooses the maps it returns; ``model.feature_info`` gives their channels and strides."""
+    if features_only and overrides.get("out_indices") is None:
+        overrides["out_indices"] = (0, 1, 2, 3)
     model = instantiate(name, model_config(name, **overrides))
     if checkpoint is not None:
         from .checkpoint import load_checkpoint
 
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, prefix=checkpoint_prefix)
     return model
 
 

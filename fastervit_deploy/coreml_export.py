@@ -68,6 +68,8 @@ class CoreMLJob:
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
         n = self.model.config.num_classes
+        if self.model.config.features_only:  # a backbone: one MultiArray per level, as in the ONNX
+            return self.model.outputs
         if self.options.raw_logits:
             return (TensorSpec("logits", (n,), "logits"),)
         return (TensorSpec("classLabel_probs", (n,), "probabilities"),)
@@ -77,7 +79,7 @@ class CoreMLJob:
 
 
 class ImageClassifier(nn.Module):
-    """What the package computes from Core ML's ``pixel/255 - mean``: logits or probabilities."""
+    """What the package computes from Core ML's ``pixel/255 - mean``: logits, probabilities, or a backbone's maps."""
 
     def __init__(self, model: FasterViT, std: tuple[float, float, float], probabilities: bool) -> None:
         super().__init__()
@@ -86,9 +88,11 @@ class ImageClassifier(nn.Module):
             deployed.stem_conv.weight.div_(torch.tensor(std, dtype=deployed.stem_conv.weight.dtype).view(1, -1, 1, 1))
         self.model, self.probabilities = deployed, probabilities
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        return logits.softmax(dim=-1) if self.probabilities else logits
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.model(x)
+        if isinstance(out, list):
+            return tuple(out)
+        return out.softmax(dim=-1) if self.probabilities else out
 
 
 def export_program(wrapper: nn.Module, size: tuple[int, int], max_batch: int):
@@ -99,15 +103,14 @@ def export_program(wrapper: nn.Module, size: tuple[int, int], max_batch: int):
         return torch.export.export(wrapper.eval(), (x,), dynamic_shapes=dynamic).run_decompositions({})
 
 
-def convert(ct, program, desc: ModelDescription, opts: CoreMLOptions):
+def convert(ct, program, desc: ModelDescription, opts: CoreMLOptions, outputs: tuple[TensorSpec, ...]):
     batch = ct.RangeDim(1, opts.max_batch, default=1) if opts.max_batch > 1 else 1
     image = ct.ImageType(name=INPUT_NAME, shape=(batch, 3, *desc.resolution), scale=1 / 255.0,
                          bias=[-m for m in desc.preprocessing.mean], color_layout=ct.colorlayout.RGB)
-    num_classes = desc.config.num_classes
-    labels = class_names(num_classes)
-    kwargs = {} if opts.raw_logits else {"classifier_config": ct.ClassifierConfig(labels)}
-    if opts.raw_logits:
-        kwargs["outputs"] = [ct.TensorType(name="logits")]
+    if outputs[0].kind == "probabilities":
+        kwargs = {"classifier_config": ct.ClassifierConfig(class_names(desc.config.num_classes))}
+    else:  # raw logits, or a backbone's maps
+        kwargs = {"outputs": [ct.TensorType(name=o.name) for o in outputs]}
     try:
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):  # its tqdm bars
             warnings.simplefilter("ignore")
@@ -129,11 +132,16 @@ def describe_package(mlmodel, record: ArtifactRecord, opts: CoreMLOptions) -> No
     mlmodel.author = "fvdeploy"
     mlmodel.license = LICENSE
     mlmodel.version = __version__
-    mlmodel.short_description = (f"FasterViT image classifier ({desc.name}, {H}x{W}, {opts.precision.value}); "
-                                 f"{'raw logits' if opts.raw_logits else 'ImageNet-1k class probabilities'}")
+    what = ("backbone feature maps" if desc.config.features_only else
+            "raw logits" if opts.raw_logits else "ImageNet-1k class probabilities")
+    mlmodel.short_description = (f"FasterViT {'backbone' if desc.config.features_only else 'image classifier'} "
+                                 f"({desc.name}, {H}x{W}, {opts.precision.value}); {what}")
     mlmodel.input_description[INPUT_NAME] = (f"RGB image, exactly {W}x{H} (resize by crop_pct "
                                              f"{desc.preprocessing.crop_pct} and centre-crop first)")
-    if opts.raw_logits:
+    if desc.config.features_only:
+        for o in record.outputs:
+            mlmodel.output_description[o.name] = f"stage map [N, {', '.join(map(str, o.shape))}] (stride {o.name[6:]})"
+    elif opts.raw_logits:
         mlmodel.output_description["logits"] = f"{desc.config.num_classes} class logits (before softmax)"
     else:
         mlmodel.output_description["classLabel"] = "most likely class"
@@ -141,7 +149,7 @@ def describe_package(mlmodel, record: ArtifactRecord, opts: CoreMLOptions) -> No
     embed_in_coreml(mlmodel, record)
 
 
-def check_package(ct, path: Path, opts: CoreMLOptions, size: tuple[int, int]) -> CheckReport:
+def check_package(ct, path: Path, opts: CoreMLOptions, size: tuple[int, int], expected: tuple[TensorSpec, ...]) -> CheckReport:
     """Read the saved spec back (works on Linux): inputs, outputs, ops, precision, metadata."""
     from coremltools.proto import MIL_pb2
 
@@ -160,7 +168,7 @@ def check_package(ct, path: Path, opts: CoreMLOptions, size: tuple[int, int]) ->
     findings.append(Finding("input", ok, f"{inp.name}: {kind} {image.width}x{image.height}" + ("" if ok else
                             f", expected an RGB image named {INPUT_NAME} of {size[1]}x{size[0]}")))
     outputs = [o.name for o in desc.output]
-    want = ["logits"] if opts.raw_logits else ["classLabel", "classLabel_probs"]
+    want = ["classLabel", "classLabel_probs"] if expected[0].kind == "probabilities" else [o.name for o in expected]
     findings.append(Finding("outputs", sorted(outputs) == sorted(want), f"{outputs} (expected {want})"))
     functions = spec.mlProgram.functions
     ops, const_types = set(), {}
@@ -193,7 +201,8 @@ def check_package(ct, path: Path, opts: CoreMLOptions, size: tuple[int, int]) ->
         "functions": sorted(functions), "spec_version": spec.specificationVersion})
 
 
-def build_program(ct, desc: ModelDescription, opts: CoreMLOptions, steps: Steps, tag: str = ""):
+def build_program(ct, desc: ModelDescription, opts: CoreMLOptions, outputs: tuple[TensorSpec, ...], steps: Steps,
+                  tag: str = ""):
     """(eager reference model, converted ML Program) for one resolution."""
     with steps(f"building model{tag}"):
         model = desc.build(steps.note)
@@ -201,7 +210,7 @@ def build_program(ct, desc: ModelDescription, opts: CoreMLOptions, steps: Steps,
     with steps(f"torch.export{tag} (batch 1..{opts.max_batch})"):
         program = export_program(wrapper, desc.resolution, opts.max_batch)
     with steps(f"converting to an ML Program{tag} ({opts.precision.value})"):
-        return model, convert(ct, program, desc, opts)
+        return model, convert(ct, program, desc, opts, outputs)
 
 
 def export_coreml(job: CoreMLJob, steps: Steps) -> ArtifactRecord:
@@ -209,7 +218,7 @@ def export_coreml(job: CoreMLJob, steps: Steps) -> ArtifactRecord:
     desc, opts = job.model, job.options
     for note in desc.notes:
         steps.note(note)
-    model, mlmodel = build_program(ct, desc, opts, steps)
+    model, mlmodel = build_program(ct, desc, opts, job.outputs, steps)
     image = TensorSpec(INPUT_NAME, desc.input.shape, "rgb-image", "uint8")
     record = ArtifactRecord(
         "coreml", opts.precision.value, desc, (1, opts.max_batch), (image,), job.outputs, job.argv(),
@@ -234,7 +243,7 @@ def export_coreml(job: CoreMLJob, steps: Steps) -> ArtifactRecord:
             mlmodel.save(str(tmp))
         if parity is None:
             steps.note("predictions need macOS: run `fvdeploy verify` on a Mac to compare them with PyTorch")
-        return finish(tmp, record, steps, check=lambda path: check_package(ct, path, opts, desc.resolution),
+        return finish(tmp, record, steps, check=lambda path: check_package(ct, path, opts, desc.resolution, job.outputs),
                       parity=parity)
 
 
@@ -245,7 +254,7 @@ def save_multifunction(ct, job: CoreMLJob, steps: Steps, main, out: Path) -> Non
     desc = ct.utils.MultiFunctionDescriptor()
     for i, model_desc in enumerate((job.model, *job.extra)):
         h, w = model_desc.resolution
-        mlmodel = main if i == 0 else build_program(ct, model_desc, job.options, steps, f" {h}x{w}")[1]
+        mlmodel = main if i == 0 else build_program(ct, model_desc, job.options, job.outputs, steps, f" {h}x{w}")[1]
         path = work / f"r{h}x{w}.mlpackage"
         mlmodel.save(str(path))
         desc.add_function(str(path), src_function_name="main", target_function_name=f"main_{h}x{w}")

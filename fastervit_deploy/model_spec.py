@@ -28,7 +28,7 @@ from fastervit import (
     read_checkpoint,
     suggest_windows,
 )
-from fastervit.checkpoint import saved_config
+from fastervit.checkpoint import extract_state_dict, has_feature_norms, saved_config, take_prefix
 from fastervit.geometry import check_resolution, runtime_stage_sizes
 
 from .errors import FvdeployError
@@ -86,13 +86,14 @@ class CheckpointRef:
     path: Path
     sha256: str
     as_given: str
+    prefix: str = ""  # the keys taken (a detector's ``backbone.0.``)
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "sha256": self.sha256, "as_given": self.as_given}
+        return {"path": str(self.path), "sha256": self.sha256, "as_given": self.as_given, "prefix": self.prefix}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "CheckpointRef":
-        return cls(Path(d["path"]), d["sha256"], d.get("as_given", d["path"]))
+        return cls(Path(d["path"]), d["sha256"], d.get("as_given", d["path"]), d.get("prefix", ""))
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,12 @@ class ModelDescription:
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
-        return (TensorSpec(CLASSIFIER_OUTPUT, (self.config.num_classes,), "logits"),)
+        cfg = self.config
+        if not cfg.features_only:
+            return (TensorSpec(CLASSIFIER_OUTPUT, (cfg.num_classes,), "logits"),)
+        sizes = runtime_stage_sizes(cfg.resolution)  # a stage's output, before its downsampler, keeps its input size
+        return tuple(TensorSpec(feature_output_name(cfg.feature_stride(i)), (cfg.stage_width(i), *sizes[i]), "features")
+                     for i in cfg.out_indices)
 
     @property
     def weights(self) -> str:
@@ -136,8 +142,12 @@ class ModelDescription:
             args += ["--window-size", ",".join(map(str, self.config.window_size))]
         if self.config.ct_size != entry.config.ct_size:
             args += ["--ct-size", str(self.config.ct_size)]
+        if self.config.features_only:
+            args += ["--features", ",".join(map(str, self.config.out_indices))]
         if self.checkpoint is not None:
             args += ["--checkpoint", self.checkpoint.as_given]
+            if self.checkpoint.prefix:
+                args += ["--checkpoint-prefix", self.checkpoint.prefix]
         elif self.seed:
             args += ["--seed", str(self.seed)]
         return args
@@ -153,7 +163,7 @@ class ModelDescription:
             model = instantiate(self.name, self.config)
         if self.checkpoint is None:
             return checkpoint_like_(model, self.seed).eval()
-        report = load_checkpoint(model, self.checkpoint.path)
+        report = load_checkpoint(model, self.checkpoint.path, prefix=self.checkpoint.prefix)
         log(f"checkpoint: {report.summary()}")
         return model.eval()
 
@@ -175,6 +185,10 @@ class ModelDescription:
         return dataclasses.replace(self, **changes)
 
 
+def feature_output_name(stride: int) -> str:
+    return f"feat_s{stride}"
+
+
 def _square_only_error(name: str, resolution: tuple[int, int]) -> FvdeployError:
     twin = any_res_variant(name)
     hint = f"; use {twin} for {resolution[0]}x{resolution[1]}" if twin else ""
@@ -190,9 +204,17 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
     checkpoint = None
     if req.checkpoint is not None:
         contents = read_checkpoint(req.checkpoint, mmap=True)  # CheckpointError: missing, damaged, runs code
-        checkpoint = CheckpointRef(Path(req.checkpoint).resolve(), sha256(req.checkpoint), str(req.checkpoint))
+        checkpoint = CheckpointRef(Path(req.checkpoint).resolve(), sha256(req.checkpoint), str(req.checkpoint),
+                                   req.checkpoint_prefix)
         # fvdeploy checkpoints carry their architecture; options given on the command line still win.
         overrides.update({k: v for k, v in saved_config(contents).items() if k != "any_res"})
+        state, _ = take_prefix(extract_state_dict(contents), req.checkpoint_prefix)
+        if req.features is not None and has_feature_norms(state):
+            overrides["feature_norms"] = True  # a detection backbone's per-level norms
+    elif req.checkpoint_prefix:
+        raise FvdeployError("--checkpoint-prefix needs --checkpoint")
+    if req.features is not None:
+        overrides["out_indices"] = tuple(req.features)
     overrides.update(req.overrides)
     notes = []
     if req.resolution is not None:

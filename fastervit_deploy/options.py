@@ -25,13 +25,15 @@ class ModelRequest:
     window_size: tuple[int, ...] | None = None
     ct_size: int | None = None
     seed: int = 0
+    features: tuple[int, ...] | None = None  # backbone: the stages whose maps are the outputs
+    checkpoint_prefix: str = ""  # take the checkpoint's keys under this prefix (a detector's backbone.0.)
     overrides: Mapping[str, Any] = field(default_factory=dict)  # API only: further constructor options
 
     @property
     def given(self) -> bool:
         """True when any model option was given (verify then rebuilds from them, not from the record)."""
         return any(v is not None for v in (self.name, self.checkpoint, self.resolution, self.window_size,
-                                           self.ct_size)) or bool(self.overrides)
+                                           self.ct_size, self.features)) or bool(self.overrides)
 
 
 @dataclass(frozen=True)

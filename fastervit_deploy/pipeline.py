@@ -19,7 +19,7 @@ from .progress import Steps
 from .record import ArtifactRecord, write_sidecar
 from .runners import Outputs, Runner
 from .options import Tolerance
-from .verify import describe, run_parity
+from .verify import report_lines, run_parity
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ def finish(tmp: Path, record: ArtifactRecord, steps: Steps, check: Callable[[Pat
     if parity is not None:
         with steps(parity.title):
             result = parity.run(tmp)
-        steps.note(describe(result["overall"]))
+        for line in report_lines(result):
+            steps.note(line)
         if not result["passed"]:
             raise CheckFailed(f"{record.precision} parity check failed: " + "; ".join(result["failures"]))
         record = record.replace(parity=result)

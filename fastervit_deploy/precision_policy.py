@@ -75,8 +75,9 @@ def weight_input(g: Graph, node: onnx.NodeProto) -> bool:
 
 
 def is_head(g: Graph, node: onnx.NodeProto) -> bool:
-    """The classifier: a weighted op whose output reaches a graph output through epilogue ops only."""
-    outputs = {o.name for o in g.model.graph.output}
+    """The classifier: a weighted op whose output reaches the logits ([N, classes]) through epilogue ops only.
+    A backbone's feature maps (rank 4) have no head: their last convolutions and MatMuls follow rule 1."""
+    outputs = {o.name for o in g.model.graph.output if len(o.type.tensor_type.shape.dim) == 2}
     frontier = list(node.output)
     while frontier:
         name = frontier.pop()

@@ -70,6 +70,14 @@ def describe(metrics: dict[str, float]) -> str:
     return f"{text} ({metrics['samples']} images)"
 
 
+def report_lines(result: dict) -> list[str]:
+    """One line per output when there are several (a backbone's levels), else the overall figures."""
+    outputs = result["outputs"]
+    if len(outputs) == 1:
+        return [describe(result["overall"])]
+    return [f"{name}: {describe(o['overall'])}" for name, o in outputs.items()]
+
+
 def run_parity(reference: Callable[[np.ndarray], Outputs], candidate: Runner, batches: Sequence[np.ndarray],
                tol: Tolerance) -> dict:
     """Every batch through both; per output and batch figures, overall figures, pass/fail."""

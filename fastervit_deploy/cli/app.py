@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import re
+import sys
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -78,8 +80,25 @@ for _name, _fn in COMMANDS:
     app.command(_name)(one_line_errors(with_groups(_fn)))
 
 
+# Options whose value may be left out, and the value that then stands for it (Typer has no optional values).
+OPTIONAL_VALUES = {"--features": ("0,1,2,3", re.compile(r"^\d+(,\d+)*$"))}
+
+
+def expand_optional_values(argv: list[str]) -> list[str]:
+    """``--features`` followed by no index list becomes ``--features 0,1,2,3``."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES:
+            default, value = OPTIONAL_VALUES[arg]
+            if i + 1 == len(argv) or not value.match(argv[i + 1]):
+                out.append(default)
+    return out
+
+
 def run(argv: list[str] | None = None, prog_name: str | None = None) -> int:
     """Run one command line; return its exit code. Every error, usage errors included, is one line."""
+    argv = expand_optional_values(sys.argv[1:] if argv is None else list(argv))
     try:
         code = app(args=argv, prog_name=prog_name, standalone_mode=False)
     except Exception as exc:

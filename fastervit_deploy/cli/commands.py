@@ -154,7 +154,7 @@ def verify(
     from ..artifact import open_artifact
     from ..images import batch_of, load_batch
     from ..runners import TorchRunner, in_output_space
-    from ..verify import TOLERANCES, describe, run_parity
+    from ..verify import TOLERANCES, report_lines, run_parity
 
     art = open_artifact(artifact, model)
     desc, record = art.model, art.record
@@ -167,7 +167,8 @@ def verify(
             TorchRunner(torch_model, desc.input, desc.outputs, threads=runtime.threads) as reference:
         result = run_parity(lambda b: in_output_space(reference.infer(b), runner.outputs), runner, [photos], tol)
     result.update(artifact=str(art.path), runner=runner.name, precision=record.precision, model=desc.name)
-    steps.note(f"{record.precision}: {describe(result['overall'])}")
+    for line in report_lines(result):
+        steps.note(f"{record.precision}: {line}")
     _write_json(json_path, result)
     if not result["passed"]:
         raise CheckFailed("verification failed: " + "; ".join(result["failures"]))

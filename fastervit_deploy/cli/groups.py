@@ -110,11 +110,17 @@ class ModelArgs(ArgGroup):
                                                       "e.g. 7,7,12,6 (any-res default: chosen to fit).")] = None
     ct_size: Annotated[Optional[int], _model(min=1, help="Carrier tokens per window side (official: 2).")] = None
     seed: Annotated[int, _model(min=0, help="Seed of the random weights used without --checkpoint.")] = 0
+    features: Annotated[Optional[str], _model(metavar="[INDICES]", help="Backbone: output the feature maps of "
+                                              "these stages (comma-separated, 0..3; bare --features: all four) "
+                                              "as feat_s4..feat_s32 instead of logits.")] = None
+    checkpoint_prefix: Annotated[str, _model(help="Take the checkpoint's keys under this prefix, e.g. a "
+                                                  "detector's backbone.0.")] = ""
 
     @classmethod
-    def parse(cls, model, checkpoint, resolution, window_size, ct_size, seed) -> ModelRequest:
+    def parse(cls, model, checkpoint, resolution, window_size, ct_size, seed, features, checkpoint_prefix) -> ModelRequest:
         return ModelRequest(name=model, checkpoint=checkpoint, resolution=tuple(resolution) if resolution else None,
-                            window_size=parse_ints(window_size, "--window-size"), ct_size=ct_size, seed=seed)
+                            window_size=parse_ints(window_size, "--window-size"), ct_size=ct_size, seed=seed,
+                            features=parse_ints(features, "--features"), checkpoint_prefix=checkpoint_prefix)
 
 
 _output = _panel("Output")
