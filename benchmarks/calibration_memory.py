@@ -71,9 +71,12 @@ def tree_rss(root: int) -> int:
 def peak_rss(argv: list[str]) -> tuple[int, float, int]:
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
+    peak, reported = 0, start
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
+        if time.perf_counter() - reported > 60:  # a long run shows its progress
+            reported = time.perf_counter()
+            print(f"  {reported - start:.0f} s: peak so far {peak / 2**30:.2f} GiB", flush=True)
         time.sleep(0.1)
     if proc.returncode:
         sys.exit(f"{' '.join(argv)} failed: {proc.stderr.read().decode().strip()}")
@@ -91,10 +94,12 @@ def main(counts: list[int]) -> None:
     for col in ("images", "peak RSS GiB", "goal", "wall s"):
         table.add_column(col, justify="right")
     for count in counts:
+        print(f"quantize --int8 with {count} images ...", flush=True)
         peak, wall, _ = peak_rss([FVDEPLOY, "quantize", str(onnx_path), "--int8", "--calib-dir", str(images),
                                   "--calib-images", str(count), "--output", str(OUT / f"int8_{count}.onnx"), "--overwrite"])
         gib = peak / 2**30
         table.add_row(str(count), f"{gib:.2f}", "ok" if gib <= GOAL_GIB else f"> {GOAL_GIB}", f"{wall:.0f}")
+        print(f"  {count} images: peak {gib:.2f} GiB in {wall:.0f} s", flush=True)
     out.print(table)
 
 

@@ -264,3 +264,30 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         _coerce(self, provider=Provider)
+
+
+class TritonBackend(str, Enum):
+    auto = "auto"  # tensorrt for .plan, onnxruntime for .onnx
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+    python = "python"  # the ONNX on onnxruntime inside Triton's Python backend (CPU hosts, tests)
+
+
+class InstanceKind(str, Enum):
+    auto = "auto"  # GPU for plans and the onnxruntime backend, CPU for the python backend
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    repository: Path
+    version: int = 1
+    instances: int = 1
+    max_queue_delay_us: int = 100
+    preferred_batch: tuple[int, ...] = ()
+    backend: TritonBackend = TritonBackend.auto
+    instance_kind: InstanceKind = InstanceKind.auto
+    ort_tensorrt: bool = False  # the onnxruntime backend's TensorRT accelerator (FP16, engine cache)
+    preprocess: bool = False  # add a Python preprocessing model and an ensemble taking encoded images
+    overwrite: bool = False

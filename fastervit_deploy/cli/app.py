@@ -75,6 +75,7 @@ COMMANDS: tuple[tuple[str, Callable], ...] = (
     ("quantize", commands.quantize),
     ("build-trt", commands.build_trt),
     ("coreml", commands.coreml),
+    ("triton", commands.triton),
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(one_line_errors(with_groups(_fn)))

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..errors import CheckFailed, FvdeployError
 from ..files import check_output, write_text_atomic
-from ..options import DEFAULT_FP32_OPS
+from ..options import DEFAULT_FP32_OPS, InstanceKind, TritonBackend, TritonOptions
 from ..plan import plan_build_trt, plan_coreml, plan_export, plan_quantize, require_tensorrt
 from ..progress import Steps, console
 
@@ -319,4 +319,42 @@ def coreml(
         extra.append((h, w))
     plan = plan_coreml(model, out, options, tuple(extra))
     _wrote(plan.run(Steps()), plan.stages[-1].output)
+
+
+def triton(
+    artifacts: Annotated[list[Path], typer.Argument(help="ONNX or TensorRT artifacts (with their fvdeploy records).")],
+    repository: Annotated[Path, typer.Option("--repository", help="Model repository folder (created if missing).")],
+    name: Annotated[Optional[list[str]], typer.Option(help="Model name, one per artifact (default: model, "
+                                                           "resolution and precision).")] = None,
+    version: Annotated[int, typer.Option(min=1, help="Version folder.")] = 1,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
+    max_queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: longest wait to fill a batch.")] = 100,
+    preferred_batch: Annotated[Optional[list[str]], typer.Option(help="Preferred batch sizes (default: 4, 8, 16, 32 "
+                                                                      "within the batch range).")] = None,
+    backend: Annotated[TritonBackend, typer.Option(help="auto: tensorrt for .plan, onnxruntime for .onnx; python: the "
+                                                        "ONNX on onnxruntime in Triton's Python backend (CPU).")] = TritonBackend.auto,
+    instance_kind: Annotated[InstanceKind, typer.Option(help="auto: GPU, CPU for the python backend.")] = InstanceKind.auto,
+    ort_tensorrt: Annotated[bool, typer.Option("--ort-tensorrt", help="onnxruntime backend on a GPU host: TensorRT "
+                                                                      "accelerator, FP16, engine cache.")] = False,
+    preprocess: Annotated[bool, typer.Option("--preprocess", help="Add a preprocessing model and an ensemble that "
+                                                                  "take encoded JPEG/PNG bytes.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace models of the same name.")] = False,
+) -> None:
+    """Write a Triton Inference Server model repository, validated with Triton's ModelConfig schema."""
+    from ..triton_repo import check_repository, resolve, write_repository
+
+    opts = TritonOptions(repository=repository, version=version, instances=instances,
+                         max_queue_delay_us=max_queue_delay_us, preferred_batch=parse_ints(preferred_batch, "--preferred-batch") or (),
+                         backend=backend, instance_kind=instance_kind, ort_tensorrt=ort_tensorrt,
+                         preprocess=preprocess, overwrite=overwrite)
+    names = list(name or [])
+    if names and len(names) != len(artifacts):
+        raise FvdeployError(f"give one --name per artifact ({len(artifacts)} artifacts, {len(names)} names)")
+    models = [resolve(a, opts, names[i] if names else None) for i, a in enumerate(artifacts)]
+    check_repository(opts, models)
+    written = write_repository(opts, models)
+    for model in models:
+        console.print(f"  {model.name}: {model.backend.value}, batch 1..{model.max_batch}, "
+                      f"{len(model.record.outputs)} output(s)", highlight=False)
+    console.print(f"wrote {', '.join(written)} into {repository} (config.pbtxt validated with Triton's schema)")
 

@@ -1,0 +1,145 @@
+"""Run a model repository on this machine with the `tritonserver` that the nvidia-pytriton wheel ships (CPU).
+
+The wheel holds a real Triton server and its Python backend; this module lays out a backend folder with the
+stub for the running Python, and starts the server on 127.0.0.1 with the environment its Python models need:
+numpy 1.x for the stub (its pybind11 predates numpy 2; `make install` puts numpy 1.26 in
+`.venv/triton-stub`) ahead of this environment's packages (onnxruntime, pillow).
+Usage: python -m fastervit_deploy.triton_local REPOSITORY [--http-port 8000]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+from . import lifecycle
+from .errors import FvdeployError, MissingDependency
+
+STUB_NUMPY = Path(sys.prefix) / "triton-stub"
+
+
+def wheel_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency("nvidia-pytriton is not installed: its wheel carries the tritonserver binary "
+                                "(make install installs it)")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    if not (root / "tritonserver" / "bin" / "tritonserver").is_file():
+        raise MissingDependency(f"no tritonserver binary in {root}")
+    return root
+
+
+def backend_folder(work: Path) -> Path:
+    """backends/python with the wheel's backend library, its utilities and the stub for this Python."""
+    server = wheel_root() / "tritonserver"
+    stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise MissingDependency(f"the tritonserver wheel has no Python-backend stub for Python {sys.version_info[:2]}")
+    python = work / "backends" / "python"
+    python.mkdir(parents=True)
+    for item in (server / "backends" / "python").iterdir():
+        if item.is_file():
+            os.symlink(item, python / item.name)
+    shutil.copy2(stub, python / stub.name)
+    return work / "backends"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalTritonServer:
+    """``with LocalTritonServer(repo) as server: server.url`` - started, ready, and always stopped."""
+
+    def __init__(self, repository: Path, http_port: int | None = None, ready_timeout_s: float = 120) -> None:
+        self.repository = Path(repository).resolve()  # the Python backend needs absolute model paths
+        self.port = http_port or free_port()
+        self.ready_timeout_s = ready_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LocalTritonServer":
+        self._work = Path(tempfile.mkdtemp(prefix="fvdeploy-triton-"))
+        root = wheel_root()
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(root.parent / "nvidia_pytriton.libs"),
+                                                             env.get("LD_LIBRARY_PATH", "")) if p)
+        env["FVDEPLOY_PYTHONPATH"] = os.pathsep.join([str(STUB_NUMPY), sysconfig.get_paths()["purelib"]])
+        self.log_path = self._work / "server.log"
+        command = [str(root / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(self.repository),
+                   "--backend-directory", str(backend_folder(self._work)), "--http-address", "127.0.0.1",
+                   "--http-port", str(self.port), "--allow-grpc", "false", "--allow-metrics", "false",
+                   "--exit-on-error", "true"]
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+        self._guard = lifecycle.worker(self.process)
+        self._guard.__enter__()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise FvdeployError(f"tritonserver exited ({self.process.returncode}): {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise FvdeployError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+        return " | ".join(line for line in text.splitlines() if line.startswith("E") or "error" in line)[-800:] or \
+            " | ".join(text.splitlines()[-lines:])
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "_guard", None) is not None:
+            self._guard.__exit__(None, None, None)
+            self._guard = None
+        shutil.rmtree(self._work, ignore_errors=True)
+
+
+def main(argv: list[str]) -> None:
+    port = int(argv[argv.index("--http-port") + 1]) if "--http-port" in argv else 8000
+    with LocalTritonServer(Path(argv[0]), port) as server:
+        print(f"tritonserver ready at http://{server.url} (Ctrl-C stops it)", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,160 @@
+"""`fvdeploy triton`: repositories checked with Triton's own schema, then served for real by tritonserver."""
+
+import io
+import json
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from fastervit_deploy.images import preprocess, skimage_photos
+from fastervit_deploy.options import BatchProfile
+from fastervit_deploy.record import read_record
+from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
+from fastervit_deploy.triton_repo import parse_config
+
+from .helpers import assert_one_line_error, cli, export_tiny
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("triton")
+    classifier, _ = export_tiny(root, filename="cls.onnx", batch=BatchProfile(max=16))
+    backbone, _ = export_tiny(root, "faster_vit_0_any_res", filename="feat.onnx", resolution=(160, 288),
+                              out_indices=(1, 3))
+    return root, classifier, backbone
+
+
+def test_repository_is_valid_for_triton_and_matches_the_artifacts(artifacts, tmp_path):
+    root, classifier, backbone = artifacts
+    repo = tmp_path / "repo"
+    result = cli("triton", classifier, backbone, "--repository", repo, "--name", "cls", "--name", "feat",
+                 "--instances", 2, "--preferred-batch", "2,8")
+    assert result.exit_code == 0, result.output
+    cls = parse_config(repo / "cls" / "config.pbtxt")  # strict: Triton's ModelConfig message
+    assert cls.platform == "onnxruntime_onnx" and cls.max_batch_size == 16
+    assert [(t.name, list(t.dims)) for t in cls.input] == [("input", [3, 224, 224])]
+    assert [(t.name, list(t.dims), t.label_filename) for t in cls.output] == [("logits", [10], "labels.txt")]
+    assert list(cls.dynamic_batching.preferred_batch_size) == [2, 8]
+    assert cls.instance_group[0].count == 2 and cls.instance_group[0].kind == 1  # KIND_GPU
+    assert (repo / "cls" / "labels.txt").read_text().splitlines() == [f"class {i}" for i in range(10)]
+    assert (repo / "cls" / "1" / "model.onnx").read_bytes() == classifier.read_bytes()
+    feat = parse_config(repo / "feat" / "config.pbtxt")
+    assert [(t.name, list(t.dims)) for t in feat.output] == [("feat_s8", [64, 20, 36]), ("feat_s32", [256, 5, 9])]
+    assert not any(t.label_filename for t in feat.output) and not (repo / "feat" / "labels.txt").exists()
+    assert json.loads((repo / "feat" / "fvdeploy.json").read_text())["outputs"][0]["name"] == "feat_s8"
+    # The onnxruntime backend's TensorRT accelerator, for ONNX on GPU hosts.
+    ort_trt = cli("triton", classifier, "--repository", repo, "--name", "cls_trt", "--ort-tensorrt")
+    assert ort_trt.exit_code == 0, ort_trt.output
+    accel = parse_config(repo / "cls_trt" / "config.pbtxt").optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
+
+
+def test_bad_input_is_one_line(artifacts, tmp_path):
+    root, classifier, _ = artifacts
+    repo = tmp_path / "repo"
+    assert cli("triton", classifier, "--repository", repo, "--name", "m").exit_code == 0
+    assert_one_line_error(cli("triton", classifier, "--repository", repo, "--name", "m"), r"m exists \(pass --overwrite", 2)
+    assert cli("triton", classifier, "--repository", repo, "--name", "m", "--overwrite").exit_code == 0
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(cli("triton", classifier, "--repository", tmp_path / "file"), r"is a file, not a folder", 2)
+    bare = tmp_path / "bare.onnx"
+    model = onnx.load(str(classifier))
+    del model.metadata_props[:]  # the record embedded in the graph, gone; and no sidecar beside it
+    onnx.save(model, str(bare))
+    assert_one_line_error(cli("triton", bare, "--repository", repo), r"bare.onnx has no fvdeploy record", 2)
+    assert_one_line_error(cli("triton", classifier, "--repository", repo, "--preferred-batch", 32),
+                          r"--preferred-batch 32 is outside cls.onnx's batch range 1..16", 2)
+    fixed, _ = export_tiny(tmp_path, filename="fixed.onnx", verify=False,
+                           batch=BatchProfile(min=4, max=8))
+    assert_one_line_error(cli("triton", fixed, "--repository", repo), r"takes batches 4..8, but Triton sends any batch", 2)
+    assert_one_line_error(cli("triton", classifier, "--repository", repo, "--backend", "tensorrt"),
+                          r"the tensorrt backend serves .plan engines", 2)
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "m"]
+
+
+def _infer(client, model, x, output="logits"):
+    inp = tritonclient_http.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return client.infer(model, [inp]).as_numpy(output)
+
+
+def test_served_by_tritonserver_matches_pytorch_and_batches_under_load(artifacts, tmp_path):
+    from fastervit_deploy.triton_local import LocalTritonServer
+
+    root, classifier, _ = artifacts
+    repo = tmp_path / "repo"
+    result = cli("triton", classifier, "--repository", repo, "--name", "cls", "--backend", "python", "--preprocess",
+                 "--max-queue-delay-us", 20000)
+    assert result.exit_code == 0, result.output
+    record = read_record(classifier)
+    desc = record.model
+    photos = skimage_photos()
+    x = np.stack([preprocess(p, desc.resolution, desc.preprocessing) for p in photos[:4]])
+    with TorchRunner(desc.build(), desc.input, desc.outputs) as torch_runner:
+        expected = torch_runner.infer(x)["logits"]
+    with LocalTritonServer(repo) as server:
+        client = tritonclient_http.InferenceServerClient(server.url)
+        # 1. real images, as a batch, against PyTorch with verify's fp32 tolerance
+        got = _infer(client, "cls", x)
+        assert np.abs(got - expected).max() <= 1e-4 and (got.argmax(1) == expected.argmax(1)).all()
+        # 2. encoded JPEG bytes through the preprocessing ensemble
+        encoded = []
+        for photo in photos[:2]:
+            buf = io.BytesIO()
+            photo.save(buf, format="JPEG", quality=95)
+            encoded.append(buf.getvalue())
+        inp = tritonclient_http.InferInput("image_bytes", [2, 1], "BYTES")
+        inp.set_data_from_numpy(np.array(encoded, dtype=object).reshape(2, 1))
+        via_bytes = client.infer("cls_ensemble", [inp]).as_numpy("logits")
+        decoded = np.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB"), desc.resolution, desc.preprocessing)
+                            for b in encoded])
+        with TorchRunner(desc.build(), desc.input, desc.outputs) as torch_runner:
+            assert np.abs(via_bytes - torch_runner.infer(decoded)["logits"]).max() <= 1e-4
+        # 3. bounded load: 200 single-image requests from 8 clients, every answer checked
+        with OnnxRuntimeRunner(classifier) as local:
+            answers = {i: local.infer(x[i : i + 1])["logits"] for i in range(len(x))}
+        errors, before = [], client.get_inference_statistics("cls")["model_stats"][0]
+
+        def worker(k: int) -> None:
+            own = tritonclient_http.InferenceServerClient(server.url)
+            for j in range(25):
+                i = (k + j) % len(x)
+                try:
+                    out = _infer(own, "cls", x[i : i + 1])
+                    if np.abs(out - answers[i]).max() > 1e-4:
+                        errors.append(f"request {k}/{j}: wrong answer")
+                except Exception as err:  # noqa: BLE001 - collected and asserted below
+                    errors.append(f"request {k}/{j}: {err}")
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == [] and not any(t.is_alive() for t in threads)
+        stats = client.get_inference_statistics("cls")["model_stats"][0]
+        requests = stats["inference_count"] - before["inference_count"]
+        executions = stats["execution_count"] - before["execution_count"]
+        assert requests == 200 and executions < requests, (requests, executions)  # dynamic batching happened
+    assert server.process.poll() is not None  # stopped, always
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("tests.test_tensorrt", fromlist=["_gpu_ready"])._gpu_ready(),
+                    reason="needs the tensorrt package (10.x/11.x) and a CUDA GPU")
+def test_tensorrt_plan_repository_names_its_tensorrt_version(artifacts, tmp_path):
+    root, _, backbone = artifacts
+    plan = tmp_path / "feat.plan"
+    assert cli("build-trt", "--onnx", backbone, "--fp16", "--max-batch", 8, "-o", plan).exit_code == 0
+    repo = tmp_path / "repo"
+    assert cli("triton", plan, "--repository", repo, "--name", "feat").exit_code == 0
+    cfg = parse_config(repo / "feat" / "config.pbtxt")
+    assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 8 and [t.name for t in cfg.output] == ["feat_s8", "feat_s32"]
+    import tensorrt
+
+    assert f"needs TensorRT {tensorrt.__version__}" in (repo / "README.md").read_text()
