@@ -325,13 +325,12 @@ class FasterViT(nn.Module):
         for module in list(model.modules()):
             if module is not model and hasattr(module, "deploy_"):
                 module.deploy_()
-        if model.cfg.features_only:  # a backbone has no final BatchNorm and no head
-            pass
-        elif isinstance(model.head, nn.Linear):
-            model.head = fold_bn_before_pool_into_linear(model.norm, model.head)
-            model.norm = nn.Identity()
-        else:
-            model.norm = ChannelAffine(model.norm)
+        if not model.cfg.features_only:  # a backbone has no final BatchNorm and no head
+            if isinstance(model.head, nn.Linear):
+                model.head = fold_bn_before_pool_into_linear(model.norm, model.head)
+                model.norm = nn.Identity()
+            else:
+                model.norm = ChannelAffine(model.norm)
         model.deployed = True
         return model
 

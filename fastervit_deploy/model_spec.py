@@ -11,7 +11,7 @@ to reproduce a stage) reads the description; nothing re-derives it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 

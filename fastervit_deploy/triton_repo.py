@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images
+from . import images, lifecycle
 from .errors import CheckFailed, FvdeployError, MissingDependency
 from .files import check_output
 from .labels import class_names
@@ -387,8 +387,6 @@ def write_repository(opts: TritonOptions, models: list[TritonModel]) -> list[str
     repo = opts.repository
     repo.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=repo, prefix=".fvdeploy-"))
-    from . import lifecycle
-
     try:
         with lifecycle.temporary(work):
             for model in models:

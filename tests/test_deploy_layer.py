@@ -19,7 +19,7 @@ from fastervit_deploy.model_spec import ModelDescription, resolve_model
 from fastervit_deploy.options import ModelRequest, OutputTarget, Provider, RunOptions
 from fastervit_deploy.plan import plan_export
 from fastervit_deploy.record import embedded_record, read_record, sidecar_path
-from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
+from fastervit_deploy.runners import OnnxRuntimeRunner
 
 from .conftest import ROOT
 from .helpers import assert_one_line_error, cli, export_tiny, quiet_steps, tiny_checkpoint

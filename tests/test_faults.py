@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastervit_deploy.errors import FvdeployError
@@ -218,3 +219,44 @@ def test_models_table_fits_80_columns_and_lists_as_json():
     assert [r["name"] for r in rows] == ["faster_vit_0_224", "faster_vit_0_any_res"] and rows[0]["params"] == 31404840
     formats = {f["format"]: f for f in json.loads(cli("formats", "--json").stdout)}
     assert formats["onnx"]["run_here"] == "yes" and formats["tensorrt"]["run_here"] != "yes"
+
+
+def test_ctrl_c_in_the_first_second_is_one_line(tmp_path):
+    """Interrupted while importing and building: still no traceback, still nothing written."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = spawn(["export-onnx", "--model", "faster_vit_0_224", "-o", tmp_path / "m.onnx"], tmp_path, tmpdir)
+    time.sleep(0.8)
+    returncode, took, rest = interrupt(proc, signal.SIGINT, to_group=True)
+    assert returncode == 130 and took < 5 and "Traceback" not in rest, (returncode, rest)
+    assert not (tmp_path / "m.onnx").exists() and leftovers(tmpdir) == []
+
+
+def test_damaged_checkpoints_are_named_not_traced(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    data = ckpt.read_bytes()
+    (tmp_path / "cut.pth.tar").write_bytes(data[: len(data) // 2])  # an interrupted download
+    (tmp_path / "empty.pth.tar").write_bytes(b"")
+    for name, reason in (("cut.pth.tar", r"cannot read checkpoint cut.pth.tar: .*(damaged|truncated|incomplete)"),
+                         ("empty.pth.tar", r"cannot read checkpoint empty.pth.tar: the file is empty")):
+        result = cli("export-onnx", "--model", "faster_vit_0_224", "--checkpoint", tmp_path / name, "-o", tmp_path / "x.onnx")
+        assert_one_line_error(result, reason, 2)
+        assert "IndexError" not in result.output and "EOFError" not in result.output
+
+
+def test_sixteen_bit_images_keep_their_content():
+    """A 16-bit grey PNG is scaled to 8 bits, not clipped to white."""
+    from PIL import Image
+
+    from fastervit_deploy.images import skimage_photos, to_rgb
+
+    grey = skimage_photos()[0].convert("L")
+    deep = Image.fromarray(np.asarray(grey, np.uint16) * 257)
+    assert deep.mode.startswith("I;16")
+    assert np.abs(np.asarray(to_rgb(deep), np.int16) - np.asarray(grey.convert("RGB"), np.int16)).max() <= 1
+
+
+def test_benchmark_of_artifacts_with_different_input_sizes_is_one_line(tmp_path):
+    a, _ = export_tiny(tmp_path, filename="a.onnx", verify=False)
+    b, _ = export_tiny(tmp_path, "faster_vit_0_any_res", filename="b.onnx", verify=False, resolution=(160, 288))
+    assert_one_line_error(cli("benchmark", a, b), r"b.onnx takes \[N, 3, 160, 288\] but a.onnx takes \[N, 3, 224, 224\]", 2)

@@ -120,6 +120,7 @@ def test_int8_accuracy_drop_within_1_point_and_the_policy_holds(digits, int8_gra
     assert int8["backend"] == backend and int8["placement"] == {"int8_ops": 30, "residual_adds": 12, "excluded": [],
                                                                   "exclude_patterns": []}
     assert int8["calibration"]["source"] == ("images" if backend == BACKENDS[0] else "cache")
+    read_record(digits["fp32"])  # the input is untouched: its sidecar's sha256 still matches (raises otherwise)
 
 
 @pytest.mark.xdist_group("digits-int8")
