@@ -165,23 +165,41 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FvdeployError(f"cannot create output folder {path.parent}: {err.strerror}") from None
-    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    published = False
-    try:
-        with lifecycle.temporary(tmpdir):
-            yield tmpdir / path.name
-            _publish(tmpdir, path, overwrite)
-            published = True
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        if not published:
-            for created in missing:  # innermost first; only folders we made and left empty
-                with contextlib.suppress(OSError):
-                    created.rmdir()
+
+    def remove_created() -> None:
+        for created in missing:  # innermost first; only folders we made, and only if empty (not published)
+            with contextlib.suppress(OSError):
+                created.rmdir()
+
+    with lifecycle.on_end(remove_created):  # entered before anything is created
+        try:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise FvdeployError(f"cannot create output folder {path.parent}: {err.strerror}") from None
+            with scratch_folder(path.parent, prefix=f".{path.name}.", suffix=".tmp") as tmpdir:
+                yield tmpdir / path.name
+                _publish(tmpdir, path, overwrite)
+        finally:
+            remove_created()
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path | None = None, prefix: str = "fvdeploy-", suffix: str = "") -> Iterator[Path]:
+    """A new folder (in ``parent``, else the system's temp folder) removed when the block ends, also
+    when fvdeploy is ended by a signal (``lifecycle``)."""
+    made: list[Path] = []
+
+    def remove() -> None:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    with lifecycle.on_end(remove):  # entered before the folder exists
+        try:
+            made.append(Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix)))
+            yield made[0]
+        finally:
+            remove()
 
 
 def write_text_atomic(path: Path, text: str, overwrite: bool = True) -> Path:

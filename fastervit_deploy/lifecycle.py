@@ -5,11 +5,15 @@ onnxruntime or torch call would not notice a signal for as long as that call run
 console script blocks SIGINT and SIGTERM in every thread (threads and processes started later inherit
 the mask) and one watcher thread waits for them with ``sigwait``:
 
-1. the first signal interrupts the main thread (``KeyboardInterrupt``, repeated every 0.25 s until
-   fvdeploy's cleanup code acknowledges it): it unwinds normally, its ``finally`` blocks remove
+1. while nothing needs cleaning up (no cleanup registered with ``on_end``: fvdeploy is importing,
+   parsing, loading or checking), the signal ends fvdeploy at once. Interrupting the main thread there
+   would be worse than useless: libraries swallow a ``KeyboardInterrupt`` raised while they import
+   (torch while it imports numpy) and fail later on the half-imported module;
+2. otherwise the first signal interrupts the main thread (``KeyboardInterrupt``, repeated every 0.25 s
+   until fvdeploy's cleanup code acknowledges it): it unwinds normally, its ``finally`` blocks remove
    temporary folders and stop workers, and it prints ``interrupted``;
-2. if it has not exited ``GRACE_S`` seconds later (still inside a C call), or a second signal comes,
-   the watcher stops the registered workers, removes the registered temporary folders and ends the
+3. if it has not exited ``GRACE_S`` seconds later (still inside a C call), or a second signal comes,
+   the watcher runs the registered cleanups (workers killed, temporary folders removed) and ends the
    process with the signal's exit code (130 for SIGINT, 143 for SIGTERM).
 
 Worker processes call ``worker_signals()`` first: they ignore SIGINT (the terminal sends it to the
@@ -22,28 +26,25 @@ import _thread
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    import multiprocessing
+    import subprocess
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 GRACE_S = 3.0
 _PR_SET_PDEATHSIG = 1
 
-_temporaries: set[Path] = set()
-_workers: set["Killable"] = set()
+_cleanups: dict[object, Callable[[], None]] = {}  # what to undo if fvdeploy is ended, in registration order
 _received: list[int] = []
 _watched = set(EXIT_CODES)
 _INTERRUPT = signal.SIGTERM  # run in the main thread by interrupt_main(); never delivered by the OS
 _acknowledged = threading.Event()
-
-
-class Killable(Protocol):
-    def kill(self) -> None: ...
 
 
 def install() -> None:
@@ -67,8 +68,15 @@ def exit_code() -> int:
     return EXIT_CODES[_received[0]] if _received else EXIT_CODES[signal.SIGINT]
 
 
+def interrupted() -> bool:
+    """Whether SIGINT or SIGTERM has been received (a failure after it is the interruption's doing)."""
+    return bool(_received)
+
+
 def _watch() -> None:
     _received.append(signal.sigwait(_watched))
+    if not _cleanups:
+        _end_now()
     deadline = time.monotonic() + GRACE_S
     # Interrupt the main thread until it acknowledges: numpy swallows a KeyboardInterrupt raised while it
     # probes an object (PIL's __array_interface__), so one interruption can be lost.
@@ -87,40 +95,36 @@ def acknowledge() -> None:
 
 
 def _end_now() -> None:
-    for worker in list(_workers):
+    for cleanup in reversed(list(_cleanups.values())):  # the newest first: a server before its folder
         with contextlib.suppress(Exception):
-            worker.kill()
-    for folder in list(_temporaries):
-        shutil.rmtree(folder, ignore_errors=True)
+            cleanup()
     with contextlib.suppress(OSError):
         os.write(2, b"interrupted\n")
     os._exit(exit_code())
 
 
 @contextlib.contextmanager
-def temporary(folder: Path) -> Iterator[Path]:
-    """Remove ``folder`` if the process is ended while it exists (the caller removes it otherwise)."""
-    _temporaries.add(folder)
-    try:
-        yield folder
-    except KeyboardInterrupt:
-        acknowledge()
-        raise
-    finally:
-        _temporaries.discard(folder)
+def on_end(cleanup: Callable[[], None]) -> Iterator[None]:
+    """Run ``cleanup`` if fvdeploy is ended while the block runs (the block cleans up after itself otherwise).
 
-
-@contextlib.contextmanager
-def worker(process: Killable) -> Iterator[None]:
-    """Kill ``process`` if fvdeploy is ended while it runs (the caller stops it otherwise)."""
-    _workers.add(process)
+    Enter it before creating what ``cleanup`` removes: a signal while nothing is registered ends fvdeploy
+    at once."""
+    key = object()
+    _cleanups[key] = cleanup
     try:
         yield
     except KeyboardInterrupt:
         acknowledge()
         raise
     finally:
-        _workers.discard(process)
+        del _cleanups[key]
+
+
+@contextlib.contextmanager
+def worker(process: "subprocess.Popen | multiprocessing.Process") -> Iterator[None]:
+    """Kill ``process`` if fvdeploy is ended while the block runs (the caller stops it otherwise)."""
+    with on_end(process.kill):
+        yield
 
 
 def worker_signals() -> None:

@@ -35,6 +35,7 @@ from .options import DEFAULT_FP32_OPS, CalibrationOptions, QuantBackend, Toleran
 from .pipeline import ParityJob, finish
 from .precision_policy import Placement, compute_precisions, enforce, plan_placement
 from .progress import Steps
+from .resources import release_memory
 from .record import ArtifactRecord, FileRef, embed_in_onnx, read_record
 from .runners import OnnxRuntimeRunner
 from .verify import TOLERANCES
@@ -123,9 +124,12 @@ def int8_modelopt(src: Path, out: Path, placement: Placement, cache: Path, keep_
 
     quiet_modelopt()
     model = onnx.load(str(src), load_external_data=False)
+    name = model.graph.input[0].name
     dims = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    del model  # ModelOpt loads its own copy
+    # ModelOpt always runs onnxruntime's calibrator; one zero batch suffices, as ``cache`` overrides the scales.
     mo_quantize(
-        str(src), quantize_mode="int8", calibration_data={model.graph.input[0].name: np.zeros(dims, np.float32)},
+        str(src), quantize_mode="int8", calibration_data={name: np.zeros(dims, np.float32)},
         calibration_method="max", calibration_cache_path=str(cache), calibration_eps=["cpu"],
         nodes_to_quantize=placement.nodes, disable_mha_qdq=True, enable_gemv_detection_for_trt=False,
         high_precision_dtype="fp16", op_types_to_exclude_fp16=list(keep_fp32), output_path=str(out), log_level="ERROR",
@@ -218,6 +222,8 @@ def quantize_int8(job: QuantizeJob, tmp: Path, src: ArtifactRecord, steps: Steps
         if backend == "modelopt":
             cache = workdir / "scales.cache"
             cache.write_text(cache_text(calibration.scales))
+            del model
+            release_memory()  # the worker's peak adds to ours
             in_child_process(int8_modelopt, workdir / "source.onnx", tmp, placement, cache, job.keep_fp32,
                              what="ModelOpt", tmpdir=workdir)
         else:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
+import sys
 
 from fastervit import FasterViTConfig, estimate_memory
 
@@ -41,3 +45,14 @@ def check_fits(name: str, config: FasterViTConfig) -> None:
         raise FvdeployError(f"{name} at {h}x{w} with windows {','.join(map(str, config.window_size))} needs about "
                             f"{_gib(need)} of memory (largest tensor: {largest}); this machine has {_gib(available)} "
                             "available: choose a smaller resolution or window")
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the OS before a memory-hungry child process starts.
+
+    onnxruntime and numpy free their buffers, but glibc keeps the pages in its arenas: without this the
+    parent sits on ~0.5 GiB of freed calibration buffers while the ModelOpt worker runs."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)

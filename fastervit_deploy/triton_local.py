@@ -9,6 +9,7 @@ Usage: python -m fastervit_deploy.triton_local REPOSITORY [--http-port 8000]
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -16,12 +17,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
 from . import lifecycle
 from .errors import FvdeployError, MissingDependency
+from .files import scratch_folder
 
 STUB_NUMPY = Path(sys.prefix) / "triton-stub"
 
@@ -73,28 +74,36 @@ class LocalTritonServer:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> "LocalTritonServer":
-        self._work = Path(tempfile.mkdtemp(prefix="fvdeploy-triton-"))
-        root = wheel_root()
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(root.parent / "nvidia_pytriton.libs"),
-                                                             env.get("LD_LIBRARY_PATH", "")) if p)
-        env["FVDEPLOY_PYTHONPATH"] = os.pathsep.join([str(STUB_NUMPY), sysconfig.get_paths()["purelib"]])
-        self.log_path = self._work / "server.log"
-        command = [str(root / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(self.repository),
-                   "--backend-directory", str(backend_folder(self._work)), "--http-address", "127.0.0.1",
-                   "--http-port", str(self.port), "--allow-grpc", "false", "--allow-metrics", "false",
-                   "--exit-on-error", "true"]
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-        self._guard = lifecycle.worker(self.process)
-        self._guard.__enter__()
+        self._stack = contextlib.ExitStack()
         try:
+            self._start()
             self._wait_ready()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _start(self) -> None:
+        work = self._stack.enter_context(scratch_folder(prefix="fvdeploy-triton-"))
+        root = wheel_root()
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(root.parent / "nvidia_pytriton.libs"),
+                                                             env.get("LD_LIBRARY_PATH", "")) if p)
+        env["FVDEPLOY_PYTHONPATH"] = os.pathsep.join([str(STUB_NUMPY), sysconfig.get_paths()["purelib"]])
+        self.log_path = work / "server.log"
+        command = [str(root / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(self.repository),
+                   "--backend-directory", str(backend_folder(work)), "--http-address", "127.0.0.1",
+                   "--http-port", str(self.port), "--allow-grpc", "false", "--allow-metrics", "false",
+                   "--exit-on-error", "true"]
+        # Registered before the server exists: it runs in its own session, so only we can stop it.
+        self._stack.enter_context(lifecycle.on_end(self._kill))
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+
+    def _kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
 
     def _wait_ready(self) -> None:
         import urllib.request
@@ -125,10 +134,7 @@ class LocalTritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if getattr(self, "_guard", None) is not None:
-            self._guard.__exit__(None, None, None)
-            self._guard = None
-        shutil.rmtree(self._work, ignore_errors=True)
+        self._stack.close()  # the server's folder (logs, backend) and its registration with ``lifecycle``
 
 
 def main(argv: list[str]) -> None:

@@ -21,13 +21,12 @@ import inspect
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images, lifecycle
+from . import images
 from .errors import CheckFailed, FvdeployError, MissingDependency
-from .files import check_output
+from .files import check_output, scratch_folder
 from .labels import class_names
 from .options import InstanceKind, TritonBackend, TritonOptions
 from .record import ArtifactRecord, read_record
@@ -386,25 +385,21 @@ def write_repository(opts: TritonOptions, models: list[TritonModel]) -> list[str
     """Write every model into a temporary folder beside the repository, check it, then move it in."""
     repo = opts.repository
     repo.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=repo, prefix=".fvdeploy-"))
-    try:
-        with lifecycle.temporary(work):
-            for model in models:
-                write_model(work, model, opts)
-                problems = check_model(work / model.name, model, opts)
-                if problems:
-                    raise CheckFailed(f"{model.name}/config.pbtxt: " + "; ".join(problems))
-            for folder in sorted(work.iterdir()):
-                if folder.is_dir():
-                    parse_config(folder / "config.pbtxt")  # preprocess and ensemble configs too
-            (work / "README.md").write_text(readme_text(models, opts))
-            written = []
-            for item in sorted(work.iterdir()):
-                dest = repo / item.name
-                if item.is_dir() and dest.is_dir():  # --overwrite: a model folder this command wrote before
-                    shutil.rmtree(dest)
-                os.replace(item, dest)
-                written.append(item.name)
-            return written
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with scratch_folder(repo, prefix=".fvdeploy-") as work:
+        for model in models:
+            write_model(work, model, opts)
+            problems = check_model(work / model.name, model, opts)
+            if problems:
+                raise CheckFailed(f"{model.name}/config.pbtxt: " + "; ".join(problems))
+        for folder in sorted(work.iterdir()):
+            if folder.is_dir():
+                parse_config(folder / "config.pbtxt")  # preprocess and ensemble configs too
+        (work / "README.md").write_text(readme_text(models, opts))
+        written = []
+        for item in sorted(work.iterdir()):
+            dest = repo / item.name
+            if item.is_dir() and dest.is_dir():  # --overwrite: a model folder this command wrote before
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+            written.append(item.name)
+        return written

@@ -81,10 +81,16 @@ def test_signal_during_export_ends_within_5s_and_leaves_nothing(tmp_path, sig, c
     ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar", "faster_vit_0_any_res", resolution=(224, 224))
     out, tmpdir = tmp_path / "out", tmp_path / "tmp"
     tmpdir.mkdir()
-    # A large resolution keeps the export busy for seconds after the model is built.
+    # A large resolution keeps the export busy for seconds; the signal lands while the artifact's
+    # temporary folder (and the output folder made for it) exist.
     proc = spawn(["export-onnx", "--model", "faster_vit_0_any_res", "--checkpoint", ckpt, "--resolution", 1536, 2048,
                   "-o", out / "m.onnx"], tmp_path, tmpdir)
-    wait_for_line(proc, "building model")
+    wait_for_line(proc, "✓ PyTorch reference")
+    deadline = time.monotonic() + 30
+    while not out.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert out.is_dir()
+    time.sleep(0.5)
     returncode, took, rest = interrupt(proc, sig, to_group=sig == signal.SIGINT)  # Ctrl-C reaches the whole group
     assert returncode == code and took < 5, (returncode, took, rest)
     assert "interrupted" in rest and "Traceback" not in rest
@@ -221,14 +227,16 @@ def test_models_table_fits_80_columns_and_lists_as_json():
     assert formats["onnx"]["run_here"] == "yes" and formats["tensorrt"]["run_here"] != "yes"
 
 
-def test_ctrl_c_in_the_first_second_is_one_line(tmp_path):
-    """Interrupted while importing and building: still no traceback, still nothing written."""
+@pytest.mark.parametrize("after_s", [0.2, 0.5, 0.8, 1.2, 2.0])
+def test_ctrl_c_while_starting_is_one_line(tmp_path, after_s):
+    """Interrupted while importing torch and numpy, parsing or building: no traceback, nothing written.
+    (A KeyboardInterrupt raised inside an import is swallowed by torch and breaks numpy later.)"""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     proc = spawn(["export-onnx", "--model", "faster_vit_0_224", "-o", tmp_path / "m.onnx"], tmp_path, tmpdir)
-    time.sleep(0.8)
+    time.sleep(after_s)
     returncode, took, rest = interrupt(proc, signal.SIGINT, to_group=True)
-    assert returncode == 130 and took < 5 and "Traceback" not in rest, (returncode, rest)
+    assert returncode == 130 and took < 5 and rest.strip() == "interrupted", (returncode, rest)
     assert not (tmp_path / "m.onnx").exists() and leftovers(tmpdir) == []
 
 

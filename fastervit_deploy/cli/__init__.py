@@ -14,7 +14,9 @@ def main() -> None:
         from .app import run
 
         code = run()
-    except KeyboardInterrupt:  # before or after a command (a command reports its own)
+    except (KeyboardInterrupt, Exception) as exc:  # before or after a command (a command reports its own)
+        if not (isinstance(exc, KeyboardInterrupt) or lifecycle.interrupted()):
+            raise
         lifecycle.acknowledge()
         print("interrupted", file=sys.stderr)
         code = lifecycle.exit_code()

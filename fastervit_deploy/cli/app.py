@@ -35,10 +35,12 @@ def one_line_errors(fn: Callable) -> Callable:
         except typer.Exit:
             raise
         except KeyboardInterrupt:
-            lifecycle.acknowledge()
-            console.print("interrupted", style="red", highlight=False)
-            raise typer.Exit(lifecycle.exit_code()) from None
+            raise typer.Exit(_interrupted()) from None
         except Exception as err:  # noqa: BLE001 - classified below; anything unknown keeps its traceback
+            if lifecycle.interrupted() and not _state["debug"]:
+                # A library that swallowed the KeyboardInterrupt fails later on what it left half-done:
+                # that failure is the interruption, not an error of its own.
+                raise typer.Exit(_interrupted()) from None
             code = exit_code_of(err)
             if code is None or _state["debug"]:
                 raise
@@ -46,6 +48,12 @@ def one_line_errors(fn: Callable) -> Callable:
             raise typer.Exit(code) from None
 
     return run
+
+
+def _interrupted() -> int:
+    lifecycle.acknowledge()
+    console.print("interrupted", style="red", highlight=False)
+    return lifecycle.exit_code()
 
 
 def _version(value: bool) -> None:
