@@ -35,8 +35,8 @@ from .options import DEFAULT_FP32_OPS, CalibrationOptions, QuantBackend, Toleran
 from .pipeline import ParityJob, finish
 from .precision_policy import Placement, compute_precisions, enforce, plan_placement
 from .progress import Steps
-from .resources import release_memory
 from .record import ArtifactRecord, FileRef, embed_in_onnx, read_record
+from .resources import release_memory
 from .runners import OnnxRuntimeRunner
 from .verify import TOLERANCES
 

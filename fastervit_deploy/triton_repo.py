@@ -16,6 +16,7 @@ Layout written (``--preprocess`` adds the last two)::
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -114,6 +115,11 @@ def _tensor(spec, label_file: bool = False) -> str:
             f'dims: [ {", ".join(map(str, spec.shape))} ]{extra} }}')
 
 
+def _outputs(model: TritonModel) -> str:
+    """The output list; a classifier's first output names its classes (Triton's classification extension)."""
+    return ",\n".join(_tensor(t, model.classifier and i == 0) for i, t in enumerate(model.record.outputs))
+
+
 def _batching(model: TritonModel, opts: TritonOptions) -> str:
     preferred = opts.preferred_batch or tuple(n for n in (4, 8, 16, 32) if n <= model.max_batch)
     sizes = f"\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]" if preferred else ""
@@ -131,8 +137,7 @@ def config_text(model: TritonModel, opts: TritonOptions) -> str:
         lines.append('backend: "python"')
     lines.append(f"max_batch_size: {model.max_batch}")
     lines.append("input [\n" + ",\n".join(_tensor(t) for t in rec.inputs) + "\n]")
-    lines.append("output [\n" + ",\n".join(_tensor(t, model.classifier and i == 0) for i, t in enumerate(rec.outputs))
-                 + "\n]")
+    lines.append("output [\n" + _outputs(model) + "\n]")
     lines.append(_batching(model, opts).rstrip())
     lines.append(f"instance_group [ {{ kind: KIND_{model.kind.name.upper()} count: {opts.instances} }} ]")
     if model.backend is TritonBackend.onnxruntime and opts.ort_tensorrt:
@@ -147,14 +152,13 @@ def config_text(model: TritonModel, opts: TritonOptions) -> str:
 
 def ensemble_text(model: TritonModel) -> str:
     rec = model.record
-    outputs = ",\n".join(_tensor(t, model.classifier and i == 0) for i, t in enumerate(rec.outputs))
     out_map = "\n".join(f'      output_map {{ key: "{t.name}" value: "{t.name}" }}' for t in rec.outputs)
     return f'''name: "{model.name}_ensemble"
 platform: "ensemble"
 max_batch_size: {model.max_batch}
 input [ {{ name: "{IMAGE_BYTES}" data_type: TYPE_STRING dims: [ 1 ] }} ]
 output [
-{outputs}
+{_outputs(model)}
 ]
 ensemble_scheduling {{
   step [
@@ -277,8 +281,9 @@ def preprocess_model_py(model: TritonModel) -> str:
 
 # ---- validation with Triton's schema -----------------------------------------------------------------------------
 
+@functools.cache
 def model_config_proto():
-    """tritonclient's compiled ``model_config.proto`` (loaded from its file: its package imports grpc)."""
+    """tritonclient's compiled ``model_config.proto`` (loaded once, from its file: its package imports grpc)."""
     spec = importlib.util.find_spec("tritonclient")
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependency("tritonclient is not installed (pip install tritonclient[http]): it validates config.pbtxt")
@@ -388,12 +393,13 @@ def write_repository(opts: TritonOptions, models: list[TritonModel]) -> list[str
     with scratch_folder(repo, prefix=".fvdeploy-") as work:
         for model in models:
             write_model(work, model, opts)
-            problems = check_model(work / model.name, model, opts)
+            problems = check_model(work / model.name, model, opts)  # parses the config, then compares
             if problems:
                 raise CheckFailed(f"{model.name}/config.pbtxt: " + "; ".join(problems))
+        checked = {model.name for model in models}
         for folder in sorted(work.iterdir()):
-            if folder.is_dir():
-                parse_config(folder / "config.pbtxt")  # preprocess and ensemble configs too
+            if folder.is_dir() and folder.name not in checked:
+                parse_config(folder / "config.pbtxt")  # the preprocess and ensemble configs
         (work / "README.md").write_text(readme_text(models, opts))
         written = []
         for item in sorted(work.iterdir()):
