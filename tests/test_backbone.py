@@ -7,10 +7,11 @@ import onnx
 import pytest
 import torch
 
-from fastervit import FasterViT, FasterViTConfig, create_model, list_models, load_checkpoint
+from fastervit import FasterViT, FasterViTConfig, checkpoint_like_, create_model, list_models, load_checkpoint
 from fastervit.checkpoint import read_checkpoint
 from fastervit_deploy.graph_check import inspect_path
 from fastervit_deploy.record import read_record
+from fastervit_deploy.runners import OnnxRuntimeRunner
 
 from .conftest import GOLDEN, TINY, golden_cases, load_golden
 from .helpers import assert_one_line_error, cli, independent_parity, tiny_checkpoint
@@ -52,7 +53,8 @@ def test_pre_downsample_maps_through_each_downsampler_give_the_official_stage_ou
 
 def test_checkpoint_prefix_norms_and_unused_keys(tmp_path):
     """A detector checkpoint: the backbone under `backbone.0.`, per-level norms, and its neck beside it."""
-    src = create_model("faster_vit_0_224", features_only=True, feature_norms=True, **TINY)
+    # checkpoint-like: non-zero biases, BatchNorm statistics and layer scales, as a trained detector has
+    src = checkpoint_like_(create_model("faster_vit_0_224", features_only=True, feature_norms=True, **TINY), seed=3)
     for name in ("norm0", "norm1", "norm2", "norm"):
         getattr(src, name).bias.data.uniform_(-1, 1)
     state = {f"backbone.0.{k}": v for k, v in src.state_dict().items()} | {"neck.conv.weight": torch.ones(3)}
@@ -111,6 +113,15 @@ def test_every_command_takes_features(tmp_path):
     assert cli("quantize", src, "--fp16", "-o", half).exit_code == 0
     cosines = {k: v["overall"]["cosine_min"] for k, v in read_record(half).parity["outputs"].items()}
     assert set(cosines) == {"feat_s8", "feat_s32"} and min(cosines.values()) >= 0.999
+    # the written FP16 file itself, re-opened, against the FP32 one on fresh inputs, level by level
+    x = np.random.default_rng(7).standard_normal((2, 3, 160, 288), dtype=np.float32)
+    with OnnxRuntimeRunner(src) as fp32, OnnxRuntimeRunner(half) as fp16:
+        want, got = fp32.infer(x), fp16.infer(x)
+    assert set(got) == {"feat_s8", "feat_s32"}
+    for name in want:
+        a, b = want[name].reshape(2, -1).astype(np.float64), got[name].reshape(2, -1).astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cos.min() >= 0.999, (name, cos)
     bench = cli("benchmark", src, "--batch", 1, "--iterations", 1, "--warmup", 0, "--json", tmp_path / "b.json")
     assert bench.exit_code == 0 and len(json.loads((tmp_path / "b.json").read_text())["results"]) == 2
     trt = cli("build-trt", "--model", "faster_vit_0_any_res", "--checkpoint", ckpt, "--features", "1,3", "--fp16")
