@@ -7,9 +7,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIP ?= torch==2.13.0
-# Triton: the server binary from nvidia-pytriton's wheel (installed without its deps: they would pin
-# numpy < 2), and numpy 1.x for its Python-backend stub, kept apart in $(VENV)/triton-stub
-# (fastervit_deploy/triton_local.py).
+# Triton: the server binary from nvidia-pytriton's wheel, kept apart in $(VENV)/triton-server (its own
+# dependencies would pin numpy < 2, and a --no-deps install into the venv leaves pip's resolver
+# complaining), and numpy 1.x for its Python-backend stub in $(VENV)/triton-stub
+# (fastervit_deploy/triton/local.py).
 PYTRITON_PIP ?= nvidia-pytriton==0.7.0
 STUB_NUMPY_PIP ?= numpy==1.26.4
 STAMP := $(VENV)/.installed
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_PIP)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-lock.txt
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(PYTRITON_PIP)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --upgrade --target $(VENV)/triton-server $(PYTRITON_PIP)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade --target $(VENV)/triton-stub $(STUB_NUMPY_PIP)
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)

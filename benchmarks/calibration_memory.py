@@ -21,7 +21,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from fastervit_deploy.images import skimage_photos
+from fastervit_deploy.data.images import skimage_photos
 
 OUT = Path("build/bench/calibration")
 GOAL_GIB = 3.0

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from fastervit_deploy.benchmark import measure, ratios, results_table, synthetic_batches
-from fastervit_deploy.model_spec import resolve_model
-from fastervit_deploy.options import ModelRequest, OutputTarget
+from fastervit_deploy.use.benchmark import measure, ratios, results_table, synthetic_batches
+from fastervit_deploy.core.model_spec import resolve_model
+from fastervit_deploy.core.options import ModelRequest, OnnxOptions, OutputTarget
 from fastervit_deploy.plan import plan_export
-from fastervit_deploy.progress import Steps
-from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
+from fastervit_deploy.system.progress import Steps
+from fastervit_deploy.core.reference import TorchRunner
+from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
 GOAL = 1.15
 BATCHES = (1, 8)
@@ -40,14 +41,14 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     request = ModelRequest("faster_vit_0_224")  # seeded checkpoint-like weights: the graph a checkpoint gives
     ours = OUT / "faster_vit_0_224_fvdeploy.onnx"
-    plan_export(request, OutputTarget(ours, overwrite=True), verify=False).run(Steps(console))
+    record = plan_export(request, OutputTarget(ours, overwrite=True), OnnxOptions(no_verify=True)).run(Steps(console))
     plain = OUT / "faster_vit_0_224_plain.onnx"
     desc = resolve_model(request)
     eager = desc.build()  # same seed, same weights
-    plain_export(eager, plain)
+    plain_export(eager, plain)  # the same tensors as ours: our record describes it too
 
     batches = synthetic_batches(BATCHES, desc.input.shape)
-    with OnnxRuntimeRunner(ours) as a, OnnxRuntimeRunner(plain) as b, TorchRunner(eager, desc.input, desc.outputs) as c:
+    with OnnxRuntimeRunner(ours) as a, OnnxRuntimeRunner(plain, record) as b, TorchRunner(eager, desc.input, desc.outputs) as c:
         results = measure({"fvdeploy-onnx": a.infer, "plain-onnx": b.infer, "pytorch-eager": c.infer},
                           batches, warmup=5, iterations=30, console=console)
     out = Console()

@@ -17,11 +17,11 @@ import onnx
 from rich.console import Console
 from rich.table import Table
 
-from fastervit_deploy.benchmark import measure
-from fastervit_deploy.options import ModelRequest, OnnxOptions, OutputTarget, Simplifier
+from fastervit_deploy.use.benchmark import measure
+from fastervit_deploy.core.options import ModelRequest, OnnxOptions, OutputTarget, Simplifier
 from fastervit_deploy.plan import plan_export
-from fastervit_deploy.progress import Steps
-from fastervit_deploy.runners import OnnxRuntimeRunner
+from fastervit_deploy.system.progress import Steps
+from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
 OUT = Path("build/bench")
 MODELS = (("faster_vit_0_224", (224, 224)), ("faster_vit_0_any_res", (576, 960)))

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .config import FasterViTError
+
 # Official files are timm CheckpointSaver dicts whose `args` entry is an argparse.Namespace
 # (SPEC.md §1.4). That is the only global we allow the weights-only unpickler to rebuild.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -23,7 +25,7 @@ SAFE_GLOBALS = [argparse.Namespace]
 DERIVED_BUFFER_SUFFIXES = ("relative_coords_table", "relative_position_index", "relative_bias")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FasterViTError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
@@ -72,11 +74,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         culprit = next((line.strip() for line in str(err).splitlines() if "unsupported global" in line.lower()), None)
         if culprit is None:  # not a pickle at all, or a damaged one
-            raise CheckpointError(f"cannot read checkpoint {path.name}: not a PyTorch checkpoint") from None
-        raise CheckpointError(f"refusing to load {path.name}: not a weights-only checkpoint ({culprit})") from None
-    except Exception:  # noqa: BLE001 - zip, EOF and stream errors: torch's own messages name its internals
+            raise CheckpointError(f"cannot read checkpoint {path.name}: not a PyTorch checkpoint") from err
+        raise CheckpointError(f"refusing to load {path.name}: not a weights-only checkpoint ({culprit})") from err
+    except Exception as err:  # noqa: BLE001 - zip, EOF and stream errors: torch's own messages name its internals
         raise CheckpointError(f"cannot read checkpoint {path.name}: the file is truncated, damaged or not a "
-                              "PyTorch checkpoint") from None
+                              "PyTorch checkpoint") from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path.name} holds a {type(obj).__name__}, not a state_dict")
     return dict(obj)

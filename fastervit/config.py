@@ -13,12 +13,16 @@ NUM_STAGES = 4
 TRANSFORMER_STAGES = (2, 3)  # stages 0 and 1 are convolutional in every variant
 
 
+class FasterViTError(ValueError):
+    """Input the model package cannot take (a configuration, resolution, checkpoint or model name)."""
+
+
 def _four(value: int | Sequence[int], name: str) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * NUM_STAGES
     value = tuple(int(v) for v in value)
     if len(value) != NUM_STAGES:
-        raise ValueError(f"{name} needs {NUM_STAGES} values (one per stage), got {len(value)}")
+        raise FasterViTError(f"{name} needs {NUM_STAGES} values (one per stage), got {len(value)}")
     return value
 
 
@@ -30,7 +34,7 @@ def as_hw(resolution: int | Sequence[int]) -> tuple[int, int]:
     if len(values) == 1:
         return (values[0], values[0])
     if len(values) != 2:
-        raise ValueError(f"resolution must be one size or [H, W], got {list(values)}")
+        raise FasterViTError(f"resolution must be one size or [H, W], got {list(values)}")
     return values  # type: ignore[return-value]
 
 
@@ -74,27 +78,27 @@ class FasterViTConfig:
         if self.out_indices is not None:
             indices = tuple(sorted({int(i) for i in self.out_indices}))
             if not indices or indices[0] < 0 or indices[-1] >= NUM_STAGES:
-                raise ValueError(f"out_indices must be stages 0..{NUM_STAGES - 1}, got {list(self.out_indices)}")
+                raise FasterViTError(f"out_indices must be stages 0..{NUM_STAGES - 1}, got {list(self.out_indices)}")
             set_("out_indices", indices)
         elif self.feature_norms:
-            raise ValueError("feature_norms needs out_indices (a backbone)")
+            raise FasterViTError("feature_norms needs out_indices (a backbone)")
         if self.layer_scale_conv is not None:
-            raise ValueError("layer_scale_conv is not supported: no released FasterViT uses it")
+            raise FasterViTError("layer_scale_conv is not supported: no released FasterViT uses it")
         if min(self.resolution) <= 0:
-            raise ValueError(f"resolution must be positive, got {list(self.resolution)}")
+            raise FasterViTError(f"resolution must be positive, got {list(self.resolution)}")
         if min(self.window_size) <= 0 or self.ct_size <= 0:
-            raise ValueError("window_size and ct_size must be positive")
+            raise FasterViTError("window_size and ct_size must be positive")
         if self.dim <= 0 or self.in_dim <= 0 or min(self.num_heads) <= 0:
-            raise ValueError("dim, in_dim and num_heads must be positive")
+            raise FasterViTError("dim, in_dim and num_heads must be positive")
         for i in TRANSFORMER_STAGES:
             if (self.dim * 2**i) % self.num_heads[i]:
-                raise ValueError(f"stage {i}: width {self.dim * 2**i} is not divisible by {self.num_heads[i]} heads")
+                raise FasterViTError(f"stage {i}: width {self.dim * 2**i} is not divisible by {self.num_heads[i]} heads")
 
     def replace(self, **overrides: Any) -> "FasterViTConfig":
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
+            raise FasterViTError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:

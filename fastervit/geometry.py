@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import NUM_STAGES, TRANSFORMER_STAGES, FasterViTConfig
+from .config import NUM_STAGES, TRANSFORMER_STAGES, FasterViTConfig, FasterViTError
 
 
-class UnsupportedResolutionError(ValueError):
+class UnsupportedResolutionError(FasterViTError):
     """The architecture cannot run at the requested input size."""
 
 
@@ -121,7 +121,7 @@ def check_resolution(cfg: FasterViTConfig) -> list[StagePlan]:
         hint = f"; sizes that work nearby: {', '.join(f'{h}x{w}' for h, w in near)}" if near else ""
         if cfg.any_res:
             hint += f"; or choose windows, e.g. --window-size {','.join(map(str, suggest_windows(cfg.resolution)))}"
-        raise UnsupportedResolutionError(f"{cfg.resolution[0]}x{cfg.resolution[1]} cannot work: {err}{hint}") from None
+        raise UnsupportedResolutionError(f"{cfg.resolution[0]}x{cfg.resolution[1]} cannot work: {err}{hint}") from err
 
 
 def _plans_ok(cfg: FasterViTConfig) -> bool:

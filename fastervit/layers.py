@@ -159,11 +159,6 @@ class AttentionBiasMLP(nn.Module):
         self.relative_bias.copy_(self.compute())
         self.deployed = True
 
-    def recompute_geometry(self) -> None:
-        """Reset the derived buffers (after loading a checkpoint made for other windows)."""
-        self.relative_coords_table.copy_(log_spaced_coords_table(self.grid))
-        self.relative_position_index.copy_(relative_position_index(self.grid))
-
 
 class Attention(nn.Module):
     """Multi-head self-attention over ``[N, S, C]`` with the continuous relative-position bias."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from .config import FasterViTConfig, FasterViTError, ModelEntry, PretrainedCfg
 
-from .config import FasterViTConfig, ModelEntry, PretrainedCfg
-from .model import FasterViT
+if TYPE_CHECKING:  # the registry is read without torch (`fvdeploy models`, option checks)
+    from .model import FasterViT
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -65,7 +65,7 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(FasterViTError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
@@ -73,10 +73,10 @@ class UnknownModelError(KeyError):
 def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except KeyError as err:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `fvdeploy models`"
-        raise UnknownModelError(f"unknown model '{name}'{hint}") from None
+        raise UnknownModelError(f"unknown model '{name}'{hint}") from err
 
 
 def model_config(name: str, **overrides: Any) -> FasterViTConfig:
@@ -95,6 +95,8 @@ def any_res_variant(name: str) -> str | None:
 
 def instantiate(name: str, cfg: FasterViTConfig) -> FasterViT:
     """Build ``cfg`` (a complete configuration) with the preprocessing of the registered ``name``."""
+    from .model import FasterViT
+
     entry = get_entry(name)
     model = FasterViT(cfg)
     pre = entry.pretrained.to_dict()
@@ -123,6 +125,10 @@ def create_model(name: str, checkpoint: str | Path | None = None, features_only:
 
 def build_meta(name: str, **overrides: Any) -> FasterViT:
     """Build on the ``meta`` device: shapes and counts without allocating (1.3 B-parameter variants too)."""
+    import torch
+
+    from .model import FasterViT
+
     with torch.device("meta"):
         return FasterViT(model_config(name, **overrides))
 

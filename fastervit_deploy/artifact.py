@@ -1,47 +1,128 @@
-"""An existing artifact opened for use: its backend, its record, and the PyTorch model it matches."""
+"""An existing artifact opened for use: its format, its record (checked against the file), the PyTorch
+model it matches, and a runner in one call.
+
+The record names the model. Model options given beside an artifact with a record may only say the same
+(or say where its checkpoint now is); options that contradict the record are refused, since comparing
+the artifact with another model proves nothing. An artifact without a record needs the model options.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import FvdeployError
-from .formats import Backend, backend_for
-from .model_spec import ModelDescription, resolve_model
-from .options import ModelRequest, RunOptions
-from .record import ArtifactRecord, NoRecord, checkpoint_for, read_record
-from .runners import Runner
+from .core.model_spec import ModelDescription, resolve_model
+from .core.options import ModelRequest, RunOptions
+from .core.precision import Precision
+from .core.record import (
+    UNKNOWN_BATCH_RANGE,
+    ArtifactRecord,
+    NoRecord,
+    RecordedArtifact,
+    checkpoint_for,
+    read_artifact,
+)
+from .core.record import FormatKey
+from .formats import Format, format_for
+from .system.errors import FvdeployError
+from .system.files import sha256
+
+if TYPE_CHECKING:
+    from .core.runner import Runner
 
 
 @dataclass(frozen=True)
-class Artifact:
-    path: Path
-    backend: Backend
-    record: ArtifactRecord
+class Artifact(RecordedArtifact):
+    """A recorded artifact with its format and the PyTorch model it matches (the checkpoint located)."""
+
+    format: Format
     model: ModelDescription
 
     def runner(self, opts: RunOptions = RunOptions()) -> Runner:
-        return self.backend.open_runner(self.path, self.record, opts)
+        return self.format.open_runner(self.path, self.record, opts)
 
 
-def open_artifact(path: str | Path, model: ModelRequest = ModelRequest()) -> Artifact:
-    """Read an artifact's record (hashes checked); the model comes from it, or from model options when given."""
+def read_recorded(path: str | Path) -> RecordedArtifact:
+    """An artifact file's record, checked against the file (its format says what the file embeds)."""
+    return read_artifact(path, format_for(path).identity)
+
+
+def read_record(path: str | Path) -> ArtifactRecord:
+    return read_recorded(path).record
+
+
+def _graph_precision(path: Path, fmt: Format) -> Precision:
+    """What an ONNX file without a record computes in, from its graph; other formats: their first precision."""
+    if fmt.key is not FormatKey.onnx:
+        return fmt.precisions[0]
+    import onnx
+
+    from .graph.policy import lowered
+
+    model = onnx.load(str(path), load_external_data=False)
+    if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return Precision.int8
+    return Precision.fp16 if lowered(model) else Precision.fp32
+
+
+def _with_model_options(record: ArtifactRecord, path: Path, given: ModelRequest) -> ModelDescription:
+    """The record's model, with the model options given checked against it."""
+    ours = record.model
+    if set(given.changed()) <= {"checkpoint"} and not given.overrides:  # where the checkpoint is now
+        if ours.checkpoint is None:
+            raise FvdeployError(f"{path.name} was made from random weights (seed {ours.seed}), not a checkpoint: "
+                                "leave out --checkpoint")
+        digest = sha256(given.checkpoint) if Path(given.checkpoint).is_file() else None
+        if digest is None:
+            raise FvdeployError(f"checkpoint not found: {given.checkpoint}")
+        if digest != ours.checkpoint.sha256:
+            raise FvdeployError(f"checkpoint {given.checkpoint} is not the one {path.name} was made from (sha256 "
+                                f"{digest[:12]}… vs recorded {ours.checkpoint.sha256[:12]}…)")
+        moved = dataclasses.replace(ours.checkpoint, path=Path(given.checkpoint).resolve(), as_given=str(given.checkpoint))
+        return ours.replace(checkpoint=moved)
+    if "seed" in given.changed() and ours.checkpoint is not None:
+        raise FvdeployError(f"--seed sets random weights: {path.name} was made from a checkpoint")
+    merged = dataclasses.replace(ours.request(), **{name: getattr(given, name) for name in given.changed()},
+                                 overrides=given.overrides)
+    desc = resolve_model(merged)
+    if desc.input.shape != ours.input.shape:
+        raise FvdeployError(f"the model options give input [N, {', '.join(map(str, desc.input.shape))}] but "
+                            f"{path.name} takes [N, {', '.join(map(str, ours.input.shape))}]")
+    same_weights = (desc.checkpoint.sha256 if desc.checkpoint else desc.seed) == (
+        ours.checkpoint.sha256 if ours.checkpoint else ours.seed)
+    if desc.name != ours.name or desc.config != ours.config or not same_weights:
+        options = " ".join(f"{ModelRequest.flag(n)}" for n in given.changed())
+        raise FvdeployError(f"{options} contradict{'s' if len(given.changed()) == 1 else ''} {path.name}'s record "
+                            f"({ours.name} {ours.resolution[0]}x{ours.resolution[1]}, {ours.weights}): leave the model "
+                            "options out, the record names the model")
+    return ours.replace(checkpoint=desc.checkpoint)
+
+
+def open_artifact(path: str | Path, model: ModelRequest | None = ModelRequest()) -> Artifact:
+    """Read an artifact's record (checked against the file); the model comes from it, or from model options.
+
+    ``model=None``: the command takes no model options, so an artifact without a record cannot be used."""
     path = Path(path)
-    backend = backend_for(path)
+    fmt = format_for(path)
     if not path.exists():
         raise FvdeployError(f"artifact not found: {path}")
     try:
-        record = read_record(path)
-    except NoRecord:
+        recorded = read_artifact(path, fmt.identity)
+    except NoRecord as err:
+        if model is None:
+            raise NoRecord(f"{err}: make it with fvdeploy (export-onnx, quantize, build-trt, coreml), which records "
+                           "what it makes") from err
         if not model.given:
-            raise
-        record = None
-    if not model.given:
-        return Artifact(path, backend, record, record.model.replace(checkpoint=checkpoint_for(record, path)))
-    desc = resolve_model(model)
-    if record is None:  # nothing recorded: take the model options' word for what the artifact is
-        record = ArtifactRecord(backend.key, backend.precisions[0], desc, (1, 1 << 30), (desc.input,), desc.outputs)
-    elif desc.input.shape != record.model.input.shape:
-        raise FvdeployError(f"the model options give input [N, {', '.join(map(str, desc.input.shape))}] but "
-                            f"{path.name} takes [N, {', '.join(map(str, record.model.input.shape))}]")
-    return Artifact(path, backend, record, desc)
+            raise NoRecord(f"{err}: pass --model and the options it was made with") from err
+        desc = resolve_model(model)  # nothing recorded: take the model options' word for what the artifact is
+        record = ArtifactRecord(fmt.key, _graph_precision(path, fmt), desc, UNKNOWN_BATCH_RANGE, (desc.input,),
+                                desc.outputs)
+        return Artifact(path, sha256(path), record, fmt, desc)
+    record = recorded.record
+    if model is not None and model.given:
+        desc = _with_model_options(record, path, model)
+    else:
+        desc = record.model.replace(checkpoint=checkpoint_for(record, path))
+    return Artifact(path, recorded.sha256, record, fmt, desc)

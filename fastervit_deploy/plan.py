@@ -1,9 +1,9 @@
 """From a resolved request to a plan: the stages to run, every output checked, each stage reproducible.
 
-A plan is made before anything slow runs: the model is resolved (model_spec), every output path and
-suffix is checked (files.check_output), and every stage is a job that knows its exact command line.
-`build-trt` on a machine without TensorRT prints those commands instead of running them; an
-intermediate file that an earlier run of the same command already made is reused, not rebuilt.
+A plan is made before anything slow runs: the model is resolved (``core.model_spec``), every output
+path and suffix is checked once (``system.files.check_output``), and every stage is a job that knows its
+exact command line. `build-trt` on a machine without TensorRT prints those commands instead of running
+them; an intermediate file that an earlier run of the same command already made is reused, not rebuilt.
 """
 
 from __future__ import annotations
@@ -14,36 +14,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import FvdeployError, MissingDependency
-from .files import check_output, sha256
-from .formats import suffixes
-from .optional import coremltools_missing, tensorrt_missing
-from .options import (
-    DEFAULT_FP32_OPS,
+from .core.model_spec import resolve_model
+from .core.options import (
     BatchProfile,
     BuilderOptions,
     CalibrationOptions,
     CoreMLOptions,
+    ImagesOption,
+    LoweringOptions,
     ModelRequest,
     OnnxOptions,
     OutputTarget,
-    Tolerance,
+    TunedBatchProfile,
 )
+from .core.precision import Precision, Tolerance
+from .artifact import read_recorded
+from .core.record import FormatKey, RecordedArtifact
+from .coreml.job import CoreMLJob
+from .formats import FORMATS, run_job
+from .onnx.job import ExportJob
+from .quantize.job import QuantizeJob
+from .system.errors import FvdeployError, MissingDependency
+from .system.files import check_output, sha256
+from .system.optional import coremltools_missing, tensorrt_missing
+from .tensorrt.job import BuildJob
 
-# The jobs live in the backend modules, which load torch and onnx: each plan function imports them
-# after the output paths given on the command line are checked, so a bad path is refused at once.
 if TYPE_CHECKING:
-    from .progress import Steps
-    from .record import ArtifactRecord
+    from .core.record import ArtifactRecord
+    from .system.progress import Steps
 
 
 class Job(Protocol):
+    """A plan stage (onnx/job.py and its siblings); ``formats.run_job`` runs it."""
+
     output: Path
     overwrite: bool
 
     def argv(self) -> tuple[str, ...]: ...
-
-    def run(self, steps: Steps) -> ArtifactRecord: ...
 
 
 def command_line(argv: tuple[str, ...]) -> str:
@@ -55,6 +62,10 @@ class Plan:
     stages: tuple[Job, ...]
     reused: tuple[Path, ...] = ()  # intermediate files an identical earlier command already made
 
+    @property
+    def output(self) -> Path:
+        return self.stages[-1].output
+
     def commands(self) -> list[str]:
         return [command_line(job.argv()) for job in self.stages]
 
@@ -63,39 +74,39 @@ class Plan:
             steps.note(f"reusing {path} (made by the same command, content unchanged)")
         record = None
         for job in self.stages:
-            record = job.run(steps)
+            record = run_job(job, steps)
         return record
 
 
-def check_explicit(output: OutputTarget, kind: str) -> None:
+def _output(output: OutputTarget, key: FormatKey, default: str | Path | None = None) -> Path:
+    """The output path, checked (once): the one given, else ``default``."""
+    return check_output(output.or_default(default), output.overwrite, FORMATS[key].suffixes, FORMATS[key].package)
+
+
+def _check_given(output: OutputTarget, key: FormatKey) -> None:
     """An output path given on the command line is checked before anything else (no model, no file read)."""
-    if output.path is not None:
-        check_output(Path(output.path), output.overwrite, suffixes(kind))
+    if output.output is not None:
+        _output(output, key)
 
 
-def read_onnx_record(path: Path) -> ArtifactRecord:
-    from .record import read_record
-
+def read_onnx(path: Path) -> RecordedArtifact:
     if not Path(path).is_file():
         raise FvdeployError(f"ONNX file not found: {path}")
-    if Path(path).suffix.lower() != ".onnx":
+    if Path(path).suffix.lower() not in FORMATS[FormatKey.onnx].suffixes:
         raise FvdeployError(f"{path} is not an .onnx file")
-    return read_record(path)
+    return read_recorded(path)
 
 
 def plan_export(model: ModelRequest, output: OutputTarget, onnx: OnnxOptions = OnnxOptions(),
-                batch: BatchProfile = BatchProfile(), images: Path | None = None, verify: bool = True) -> Plan:
-    check_explicit(output, "onnx")
-    from .model_spec import resolve_model
-    from .onnx_export import ExportJob
-
+                batch: BatchProfile = BatchProfile(), images: ImagesOption = ImagesOption()) -> Plan:
+    _check_given(output, FormatKey.onnx)
     desc = resolve_model(model)
-    path = check_output(output.or_default(f"{desc.stem}.onnx"), output.overwrite, ".onnx")
-    return Plan((ExportJob(desc, path, onnx, batch, images, verify, output.overwrite),))
+    path = output.output or _output(output, FormatKey.onnx, FORMATS[FormatKey.onnx].file_name(desc.stem))
+    return Plan((ExportJob(desc, Path(path), onnx, batch, images, output.overwrite),))
 
 
-def _check_quantize_source(source: Path, record: ArtifactRecord, precision: str) -> None:
-    if record.precision != "fp32":
+def _check_quantize_source(source: Path, record: ArtifactRecord) -> None:
+    if record.precision is not Precision.fp32:
         origin = f" ({record.source.path.name})" if record.source else ""
         raise FvdeployError(f"{source.name} is already {record.precision}: quantize the FP32 ONNX it came from{origin}")
     import onnx
@@ -106,37 +117,36 @@ def _check_quantize_source(source: Path, record: ArtifactRecord, precision: str)
                             "below 2 GB; build FP32 engines from it, or quantize with ModelOpt's CLI")
 
 
-def _check_calibration(precision: str, calibration: CalibrationOptions) -> None:
-    if precision == "int8" and calibration.folder is None and not calibration.cache_hit:
-        raise FvdeployError("--int8 needs --calib-dir (a folder of real images) or an existing --calib-cache")
-    if calibration.folder is not None and not Path(calibration.folder).is_dir():
-        raise FvdeployError(f"calibration folder not found: {calibration.folder}")
+def _check_calibration(precision: Precision, calibration: CalibrationOptions) -> None:
+    if precision.quantized and calibration.calib_dir is None and not calibration.cache_hit:
+        raise FvdeployError(f"--{precision} needs --calib-dir (a folder of real images) or an existing --calib-cache")
+    if calibration.calib_dir is not None and not Path(calibration.calib_dir).is_dir():
+        raise FvdeployError(f"calibration folder not found: {calibration.calib_dir}")
 
 
-def plan_quantize(source: Path, precision: str, output: OutputTarget,
+def plan_quantize(source: Path, precision: Precision, output: OutputTarget,
                   calibration: CalibrationOptions = CalibrationOptions(), tolerance: Tolerance = Tolerance(),
-                  keep_fp32: tuple[str, ...] = DEFAULT_FP32_OPS, images: Path | None = None) -> Plan:
-    check_explicit(output, "onnx")
-    from .quantize import QuantizeJob
-
-    record = read_onnx_record(source)
-    _check_quantize_source(source, record, precision)
+                  lowering: LoweringOptions = LoweringOptions(), images: ImagesOption = ImagesOption()) -> Plan:
+    _check_given(output, FormatKey.onnx)
+    precision = Precision(precision)
+    recorded = read_onnx(source)
+    _check_quantize_source(Path(source), recorded.record)
     _check_calibration(precision, calibration)
     path = output.or_default(Path(source).with_name(f"{Path(source).stem}_{precision}.onnx"))
     if path.resolve() == Path(source).resolve():
         raise FvdeployError("output would overwrite the input ONNX")
-    check_output(path, output.overwrite, ".onnx")
-    return Plan((QuantizeJob(Path(source), precision, path, calibration, tolerance, keep_fp32, images, output.overwrite),))
+    if output.output is None:
+        _output(output, FormatKey.onnx, path)
+    return Plan((QuantizeJob(Path(source), precision, path, calibration, tolerance, lowering, images, output.overwrite,
+                             recorded),))
 
 
 def _reusable(job: Job, upstream_reused: bool) -> bool:
     """An intermediate output that the same command made from the same input is reused, not remade."""
-    from .record import read_record
-
     if not upstream_reused or not job.output.is_file():
         return False
     try:
-        record = read_record(job.output)  # checks the hashes its sidecar recorded
+        record = read_recorded(job.output).record  # checks the hashes its sidecar recorded
     except FvdeployError:
         return False
     if record.command != job.argv():
@@ -144,51 +154,50 @@ def _reusable(job: Job, upstream_reused: bool) -> bool:
     return record.source is None or (record.source.path.is_file() and sha256(record.source.path) == record.source.sha256)
 
 
-def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: str | None, output: OutputTarget,
-                   calibration: CalibrationOptions = CalibrationOptions(), profile: BatchProfile = BatchProfile(),
-                   builder: BuilderOptions = BuilderOptions(), onnx_options: OnnxOptions = OnnxOptions(),
-                   images: Path | None = None) -> Plan:
-    if (onnx is None) == (model.name is None):
+def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision | None, output: OutputTarget,
+                   calibration: CalibrationOptions = CalibrationOptions(),
+                   profile: TunedBatchProfile = TunedBatchProfile(), builder: BuilderOptions = BuilderOptions(),
+                   onnx_options: OnnxOptions = OnnxOptions(), images: ImagesOption = ImagesOption()) -> Plan:
+    if (onnx is None) == (model.model is None):
         raise FvdeployError("give exactly one of --onnx and --model")
-    check_explicit(output, "tensorrt")
-    from .model_spec import resolve_model
-    from .onnx_export import ExportJob
-    from .quantize import QuantizeJob
-    from .tensorrt_build import BuildJob
-
+    _check_given(output, FormatKey.tensorrt)
     intermediate: list[Job] = []
+    recorded = None
     if onnx is not None:
-        record = read_onnx_record(onnx)
+        recorded = read_onnx(onnx)
+        record = recorded.record
         desc, have, source = record.model, record.precision, Path(onnx)
-        want = precision or have
-        if have != "fp32" and want != have:
+        want = Precision(precision or have)
+        if have is not Precision.fp32 and want is not have:
             raise FvdeployError(f"{source.name} is already {have}; start from the FP32 ONNX for {want}")
         low, high = record.batch_range
-        if not low <= profile.min <= profile.max <= high:
-            raise FvdeployError(f"profile {profile.min}..{profile.max} is outside {source.name}'s batch range "
-                                f"{low}..{high} (re-export it with --min-batch/--max-batch)")
-        if want != have:
-            _check_quantize_source(source, record, want)
+        if not low <= profile.min_batch <= profile.max_batch <= high:
+            raise FvdeployError(f"profile {profile.min_batch}..{profile.max_batch} is outside {source.name}'s batch "
+                                f"range {low}..{high} (re-export it with --min-batch/--max-batch)")
+        if want is not have:
+            _check_quantize_source(source, record)
     else:
-        desc, have, want = resolve_model(model), "fp32", precision or "fp32"
-        source = output.path.with_suffix(".onnx") if output.path else Path(f"{desc.stem}.onnx")
-        intermediate.append(ExportJob(desc, source, onnx_options, BatchProfile(profile.min, profile.max), images,
-                                      True, output.overwrite))
-    if want != have:
+        desc, have, want = resolve_model(model), Precision.fp32, Precision(precision or Precision.fp32)
+        onnx_format = FORMATS[FormatKey.onnx]
+        source = output.output.with_suffix(onnx_format.suffixes[0]) if output.output else Path(onnx_format.file_name(desc.stem))
+        intermediate.append(ExportJob(desc, source, onnx_options, profile.untuned(), images, output.overwrite))
+    if want is not have:
         _check_calibration(want, calibration)
         quantized = source.with_name(f"{source.stem}_{want}.onnx")
-        intermediate.append(QuantizeJob(source, want, quantized, calibration, Tolerance(), DEFAULT_FP32_OPS, images,
-                                        output.overwrite))
-        source = quantized
-    engine = BuildJob(source, desc, profile, output.or_default(source.with_suffix(".plan")), builder, output.overwrite)
-    check_output(engine.output, engine.overwrite, suffixes("tensorrt"))
+        intermediate.append(QuantizeJob(source, want, quantized, calibration, Tolerance(), LoweringOptions(), images,
+                                        output.overwrite, recorded))
+        source, recorded = quantized, None
+    engine_path = output.output or FORMATS[FormatKey.tensorrt].file_name(str(source.with_suffix("")))
+    engine = BuildJob(source, desc, profile, Path(engine_path), builder, output.overwrite, recorded)
+    if output.output is None:
+        _output(output, FormatKey.tensorrt, engine.output)
     stages, reused, upstream = [], [], True
     for job in intermediate:
         upstream = _reusable(job, upstream)
         if upstream:
             reused.append(job.output)
             continue
-        check_output(job.output, job.overwrite, ".onnx")
+        check_output(job.output, job.overwrite, FORMATS[FormatKey.onnx].suffixes)
         stages.append(job)
     return Plan((*stages, engine), tuple(reused))
 
@@ -210,17 +219,12 @@ def require_tensorrt(plan: Plan) -> None:
     raise MissingDependency(what + tensorrt_hint(plan))
 
 
-def plan_coreml(model: ModelRequest, output: OutputTarget, options: CoreMLOptions = CoreMLOptions(),
-                resolutions: tuple[tuple[int, int], ...] = ()) -> Plan:
-    check_explicit(output, "coreml")
+def plan_coreml(model: ModelRequest, output: OutputTarget, options: CoreMLOptions = CoreMLOptions()) -> Plan:
+    _check_given(output, FormatKey.coreml)
     missing = coremltools_missing()
     if missing:
         raise MissingDependency(f"Core ML conversion needs coremltools ({missing}): pip install 'fvdeploy[coreml]'")
-    from .coreml_export import CoreMLJob
-    from .model_spec import resolve_model
-
     desc = resolve_model(model)
-    extra = tuple(resolve_model(dataclasses.replace(model, resolution=r)) for r in resolutions)
-    job = CoreMLJob(desc, output.or_default(f"{desc.stem}.mlpackage"), options, extra, output.overwrite)
-    check_output(job.output, job.overwrite, ".mlpackage")
-    return Plan((job,))
+    extra = tuple(resolve_model(dataclasses.replace(model, resolution=r)) for r in options.resolutions)
+    path = output.output or _output(output, FormatKey.coreml, FORMATS[FormatKey.coreml].file_name(desc.stem))
+    return Plan((CoreMLJob(desc, Path(path), options, extra, output.overwrite),))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fastervit import create_model, save_checkpoint
-from fastervit_deploy.datasets import digits_split, to_batch
+from fastervit_deploy.data.datasets import digits_split, to_batch
 
 BASE = "faster_vit_0_224"
 # Every FasterViT code path at toy size: conv stages, HAT with 2x2 carrier windows and propagation.

@@ -61,6 +61,34 @@ def fv0():
     return create_model("faster_vit_0_224")
 
 
+def _missing(needs: str) -> str | None:
+    """Why a test marked ``gpu(needs=...)`` or ``macos`` cannot run here (None: it can)."""
+    import importlib.util
+    import platform
+
+    if needs == "macos":
+        return None if platform.system() == "Darwin" else "needs macOS (Core ML predictions)"
+    if needs == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
+        return "needs the tensorrt package (10.x/11.x) and a CUDA GPU"
+    if needs == "onnxruntime-gpu":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "needs onnxruntime-gpu on a CUDA machine"
+    return None if torch.cuda.is_available() else f"needs a CUDA GPU (for {needs})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU and macOS tests skip here with the reason; the markers say what they need."""
+    for item in items:
+        for marker in ("gpu", "macos"):
+            mark = item.get_closest_marker(marker)
+            if mark is not None:
+                why = _missing(mark.kwargs.get("needs", "tensorrt") if marker == "gpu" else "macos")
+                if why:
+                    item.add_marker(pytest.mark.skip(reason=why))
+
+
 def pytest_configure(config):
     # Locally the shared reference data may be absent (its tests then skip); CI must run them.
     if os.environ.get("CI") and not GOLDEN.is_dir():

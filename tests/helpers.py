@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ from typer.testing import CliRunner
 
 from fastervit import save_checkpoint
 from fastervit_deploy.cli import run
-from fastervit_deploy.model_spec import resolve_model
-from fastervit_deploy.options import BatchProfile, ModelRequest, OnnxOptions, OutputTarget
+from fastervit_deploy.core.model_spec import resolve_model
+from fastervit_deploy.core.options import BatchProfile, ModelRequest, OnnxOptions, OutputTarget
 from fastervit_deploy.plan import plan_export
-from fastervit_deploy.progress import Steps
-from fastervit_deploy.record import ArtifactRecord, embedded_record
-from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
+from fastervit_deploy.system.progress import Steps
+from fastervit_deploy.core.record import ArtifactRecord
+from fastervit_deploy.onnx.metadata import embedded_record
+from fastervit_deploy.core.reference import TorchRunner
+from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
 from .conftest import TINY
 
@@ -63,7 +66,8 @@ def export_tiny(tmp_path: Path, name: str = "faster_vit_0_224", onnx: OnnxOption
                 batch: BatchProfile = BatchProfile(), verify: bool = True, filename: str | None = None,
                 **extra) -> tuple[Path, ArtifactRecord]:
     out = tmp_path / (filename or f"{name}.onnx")
-    record = plan_export(tiny_request(name, **extra), OutputTarget(out), onnx, batch, verify=verify).run(quiet_steps())
+    onnx = dataclasses.replace(onnx, no_verify=onnx.no_verify or not verify)
+    record = plan_export(tiny_request(name, **extra), OutputTarget(out), onnx, batch).run(quiet_steps())
     return out, record
 
 

@@ -1,5 +1,6 @@
 """Core ML: conversion on Linux with the saved spec checked; predictions only on macOS."""
 
+import dataclasses
 import json
 import platform
 
@@ -7,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fastervit_deploy.coreml_export import ImageClassifier
-from fastervit_deploy.labels import imagenet_names
-from fastervit_deploy.model_spec import resolve_model
-from fastervit_deploy.options import CoreMLOptions, DeploymentTarget, OutputTarget
+from fastervit_deploy.coreml.export import ImageClassifier
+from fastervit_deploy.data.labels import imagenet_names
+from fastervit_deploy.core.model_spec import resolve_model
+from fastervit_deploy.core.options import CoreMLOptions, DeploymentTarget, OutputTarget
 from fastervit_deploy.plan import plan_coreml
-from fastervit_deploy.record import read_record
+from fastervit_deploy.artifact import read_record
 
 from .helpers import assert_one_line_error, cli, quiet_steps, tiny_checkpoint, tiny_request
 
@@ -78,7 +79,7 @@ def test_any_res_raw_logits_fp32(tmp_path):
 def test_multifunction_package_for_several_resolutions(tmp_path):
     request = tiny_request("faster_vit_0_any_res", resolution=(160, 288), window_size=(7, 7, 7, 7))
     opts = CoreMLOptions(deployment_target=DeploymentTarget.iOS18)
-    record = plan_coreml(request, OutputTarget(tmp_path / "mf.mlpackage"), opts, ((224, 224),)).run(quiet_steps())
+    record = plan_coreml(request, OutputTarget(tmp_path / "mf.mlpackage"), dataclasses.replace(opts, resolutions=((224, 224),))).run(quiet_steps())
     spec = ct.models.MLModel(str(tmp_path / "mf.mlpackage"), skip_model_load=True).get_spec()
     assert sorted(spec.mlProgram.functions) == ["main_160x288", "main_224x224"]
     assert record.details["resolutions"] == ["160x288", "224x224"]
@@ -108,7 +109,6 @@ def test_verify_mlpackage_explains_itself_off_macos(tmp_path):
 
 
 @pytest.mark.macos
-@pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML predictions need macOS")
 def test_predictions_match_pytorch_on_macos(tmp_path):
     out = tmp_path / "fv0.mlpackage"
     assert cli("coreml", "--model", "faster_vit_0_224", "--output", out).exit_code == 0

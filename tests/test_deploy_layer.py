@@ -14,12 +14,14 @@ import torch
 
 from fastervit import create_model
 from fastervit_deploy.artifact import open_artifact
-from fastervit_deploy.errors import FvdeployError, MissingDependency
-from fastervit_deploy.model_spec import ModelDescription, resolve_model
-from fastervit_deploy.options import ModelRequest, OutputTarget, Provider, RunOptions
+from fastervit_deploy.system.errors import FvdeployError, MissingDependency
+from fastervit_deploy.core.model_spec import ModelDescription, resolve_model
+from fastervit_deploy.core.options import ModelRequest, OnnxOptions, OutputTarget, Provider, RunOptions
 from fastervit_deploy.plan import plan_export
-from fastervit_deploy.record import embedded_record, read_record, sidecar_path
-from fastervit_deploy.runners import OnnxRuntimeRunner
+from fastervit_deploy.artifact import read_record
+from fastervit_deploy.core.record import sidecar_path
+from fastervit_deploy.onnx.metadata import embedded_record
+from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
 from .conftest import ROOT
 from .helpers import assert_one_line_error, cli, export_tiny, quiet_steps, tiny_checkpoint
@@ -172,9 +174,7 @@ def test_provider_without_onnxruntime_gpu_is_one_line(tmp_path):
             pass
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
-                    reason="needs onnxruntime-gpu on a CUDA machine")
+@pytest.mark.gpu(needs="onnxruntime-gpu")
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
 def test_gpu_providers_verify_and_benchmark(tmp_path, provider):
     path, _ = export_tiny(tmp_path, verify=False)
@@ -220,10 +220,173 @@ def test_checkpoint_like_weights_have_no_identity_blocks():
 def test_plan_reuses_nothing_it_did_not_make(tmp_path):
     out = tmp_path / "m.onnx"
     request = ModelRequest("faster_vit_0_224", overrides=dict(dim=32, in_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4]))
-    plan_export(request, OutputTarget(out), verify=False).run(quiet_steps())
+    plan_export(request, OutputTarget(out), OnnxOptions(no_verify=True)).run(quiet_steps())
     with pytest.raises(FvdeployError, match="exists"):
-        plan_export(request, OutputTarget(out), verify=False)
+        plan_export(request, OutputTarget(out), OnnxOptions(no_verify=True))
     bytes_before = out.read_bytes()
     graph = onnx.load(str(out))
     assert read_record(out).model == embedded_record(out).model
     assert graph.producer_name == "fvdeploy" and bytes_before == out.read_bytes()
+
+
+# Lowest first: a module may import its own layer's modules and lower layers' only.
+LAYERS = (("system",), ("core",), ("data",), ("graph",), ("onnx", "quantize", "tensorrt", "coreml"), ("formats",),
+          ("artifact",), ("use", "triton"), ("plan",), ("cli", "__main__"))
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "fastervit_deploy" or len(parts) < 2:
+        return None
+    return next(i for i, names in enumerate(LAYERS) if parts[1] in names)
+
+
+def test_every_import_points_down_the_layers():
+    graph = module_imports()
+    placed = {m for m in graph if m.startswith("fastervit_deploy.")}
+    assert all(_layer(m) is not None for m in placed), sorted(m for m in placed if _layer(m) is None)
+    upward = sorted(f"{m} -> {t}" for m, targets in graph.items() if m in placed for t in targets
+                    if t in placed and _layer(t) > _layer(m))
+    assert upward == []
+
+
+def _groups_samples():
+    from fastervit_deploy.core.options import (
+        BatchProfile, BuilderOptions, CalibrationMethod, CalibrationOptions, ComputeUnits, CoreMLOptions,
+        DeploymentTarget, ImagesOption, InstanceKind, LoweringOptions, OnnxOptions, OnnxSource, PrecisionFlags,
+        QuantBackend, Simplifier, TritonBackend, TritonOptions, TunedBatchProfile)
+    from fastervit_deploy.core.precision import Precision, Tolerance
+
+    # Every reproduced field of each group away from its default (PrecisionFlags: one flag at a time).
+    return [
+        ModelRequest("faster_vit_0_any_res", checkpoint=Path("ck.pth"), resolution=(160, 288), window_size=(7, 7, 12, 6),
+                     ct_size=3, seed=4, features=(1, 3), checkpoint_prefix="backbone.0."),
+        BatchProfile(2, 6), TunedBatchProfile(2, 6, 4),
+        OnnxOptions(18, Simplifier.none, False, True), OnnxOptions(external_data=True),
+        PrecisionFlags(fp16=True), PrecisionFlags(int8=True),
+        LoweringOptions(("LayerNormalization", "Softmax")),
+        CalibrationOptions(Path("calib"), 64, CalibrationMethod.max, Path("s.cache"), QuantBackend.onnxruntime,
+                           ("/levels.3/*", "/head*")),
+        BuilderOptions(Path("t.cache"), 2.5, 4, True),
+        CoreMLOptions(Precision.fp32, 4, ComputeUnits.cpu_only, DeploymentTarget.iOS18, True, ((224, 224), (160, 288))),
+        RunOptions(Provider.cuda, 3), ImagesOption(Path("imgs")), OnnxSource(Path("m.onnx")),
+        TritonOptions(Path("repo"), ("a", "b"), 2, 3, 50, (2, 8), TritonBackend.python, InstanceKind.cpu, True, True, True),
+        Tolerance(1e-3, 0.9, 0.5),
+    ]
+
+
+@pytest.mark.parametrize("sample", _groups_samples(), ids=lambda g: type(g).__name__)
+def test_every_option_group_round_trips_through_the_command_line(sample):
+    """One declaration gives the Typer option, the parsed value and the reproducing argv: they agree."""
+    import typer
+    from typer.testing import CliRunner
+
+    from fastervit_deploy.cli.groups import with_groups
+
+    kind = type(sample)
+    reproduced = {f.name for f, opt, _ in kind.declared() if opt.reproduce}
+    if kind.__name__ != "PrecisionFlags" and sample.changed() != ("external_data",):
+        assert set(sample.changed()) == reproduced  # the sample exercises every option of the group
+    seen = []
+
+    def command(group: kind) -> None:  # noqa: ANN001 - the group class is the annotation
+        seen.append(group)
+
+    command.__annotations__ = {"group": kind, "return": None}
+    app = typer.Typer()
+    app.command()(with_groups(command))
+    app.command("other")(lambda: None)  # two commands: the first is addressed by name
+    result = CliRunner().invoke(app, ["command", *sample.argv()])
+    assert result.exit_code == 0, result.output
+    assert seen == [sample]
+
+
+def test_unexpected_errors_are_internal_errors_and_debug_keeps_their_causes(monkeypatch):
+    import fastervit_deploy.cli.tables as tables
+
+    def broken(pattern):
+        try:
+            {}["the cause"]
+        except KeyError as err:
+            raise ValueError("a bug") from err
+
+    monkeypatch.setattr(tables, "model_rows", broken)
+    result = cli("models")
+    assert result.exit_code == 1, result.output
+
+    lines = result.output.strip().splitlines()
+    assert lines == ["internal error: ValueError: a bug (a bug in fvdeploy: rerun with --debug for the traceback "
+                     "and report it)"]
+    with pytest.raises(ValueError, match="a bug") as raised:
+        cli("--debug", "models")
+    assert isinstance(raised.value.__cause__, KeyError)  # --debug shows the whole chain
+    monkeypatch.setattr(tables, "model_rows", lambda pattern: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert_one_line_error(cli("models"), r"^error: No space left on device", code=2)  # the environment, not a bug
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models"], ["formats"], ["export-onnx", "--help"]])
+def test_help_models_and_formats_load_nothing_heavy(args, tmp_path):
+    """What keeps `fvdeploy --help` and `fvdeploy models` instant: no torch, numpy or onnx behind them."""
+    code = ("import sys; from fastervit_deploy.cli import run; code = run(sys.argv[1:]); "
+            "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules); "
+            "print('HEAVY', heavy); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path,
+                            env={**__import__("os").environ, "COLUMNS": "120"})
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+@pytest.mark.parametrize("name", __import__("fastervit").list_models())
+def test_parameter_counts_from_the_configuration_equal_a_built_model(name):
+    """`fvdeploy models` counts parameters without building a model: the count is a meta-device build's."""
+    from fastervit import build_meta, count_params, get_entry
+
+    cfg = get_entry(name).config
+    assert count_params(cfg) == build_meta(name).num_params()
+    backbone = cfg.replace(out_indices=(0, 2), feature_norms=True)
+    with torch.device("meta"):
+        from fastervit import FasterViT
+
+        assert count_params(backbone) == FasterViT(backbone).num_params()
+
+
+def test_model_options_must_agree_with_the_record(tmp_path):
+    random, _ = export_tiny(tmp_path, filename="random.onnx", verify=False)
+    # The seed of random weights was silently ignored once: now it is checked like every model option.
+    assert_one_line_error(cli("verify", random, "--seed", 3), r"--seed contradicts random.onnx's record", 2)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    path = tmp_path / "m.onnx"
+    assert cli("export-onnx", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", path, "--no-verify").exit_code == 0
+    # Another model, another checkpoint, a seed beside a checkpoint: each contradicts the record (exit 2).
+    assert_one_line_error(cli("verify", path, "--seed", 3), r"--seed sets random weights: m.onnx was made from a checkpoint", 2)
+    assert_one_line_error(cli("verify", path, "--model", "faster_vit_1_224"), r"--model contradicts m.onnx's record", 2)
+    other = tiny_checkpoint(tmp_path / "other.pth.tar", seed=1)
+    assert_one_line_error(cli("verify", path, "--checkpoint", other), r"other.pth.tar is not the one m.onnx was made from", 2)
+    # Options that say what the record says are accepted; so is the checkpoint's new place.
+    moved = shutil.move(ckpt, tmp_path / "moved.pth.tar")
+    assert_one_line_error(cli("verify", path), r"pass --checkpoint with its new path", 2)
+    result = cli("verify", path, "--checkpoint", moved, "--model", "faster_vit_0_224", "--batch", 2)
+    assert result.exit_code == 0, result.output
+
+
+def test_a_record_belongs_to_one_file(tmp_path):
+    path, _ = export_tiny(tmp_path, filename="m.onnx", verify=False)
+    half = tmp_path / "m_fp16.onnx"
+    assert cli("quantize", path, "--fp16", "-o", half).exit_code == 0
+    own = sidecar_path(path).read_text()
+    # Another artifact's sidecar copied over this one's: refused for what it is, before any comparison.
+    shutil.copyfile(sidecar_path(half), sidecar_path(path))
+    assert_one_line_error(cli("verify", path), r"sidecar m.onnx.json does not describe m.onnx: it disagrees with the "
+                                               r"record embedded in the file \(.*precision", 2)
+    # A hand-edited precision: the same.
+    edited = json.loads(own)
+    edited["precision"] = "int8"
+    sidecar_path(path).write_text(json.dumps(edited))
+    assert_one_line_error(cli("verify", path), r"disagrees with the record embedded in the file \(precision\)", 2)
+    # Renamed together with its sidecar: the content is the recorded one, so both are accepted.
+    sidecar_path(path).write_text(own)
+    path.rename(tmp_path / "fv.onnx")
+    sidecar_path(path).rename(tmp_path / "fv.onnx.json")
+    result = cli("verify", tmp_path / "fv.onnx", "--batch", 2, "--json", tmp_path / "v.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "v.json").read_text())["precision"] == "fp32"

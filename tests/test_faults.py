@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastervit_deploy.errors import FvdeployError
-from fastervit_deploy.files import atomic_output
-from fastervit_deploy.quantize import modelopt_available
+from fastervit_deploy.system.errors import FvdeployError
+from fastervit_deploy.system.files import atomic_output
+from fastervit_deploy.quantize.convert import modelopt_available
 
 from .helpers import assert_one_line_error, cli, export_tiny, tiny_checkpoint
 
@@ -105,7 +105,7 @@ def test_ctrl_c_during_the_modelopt_worker_stops_it_and_leaves_nothing(tmp_path)
     tmpdir.mkdir()
     photos = tmp_path / "photos"
     photos.mkdir()
-    from fastervit_deploy.images import skimage_photos
+    from fastervit_deploy.data.images import skimage_photos
 
     for i, photo in enumerate(skimage_photos()):
         photo.save(photos / f"{i}.jpg")
@@ -258,7 +258,7 @@ def test_sixteen_bit_images_keep_their_content():
     """A 16-bit grey PNG is scaled to 8 bits, not clipped to white."""
     from PIL import Image
 
-    from fastervit_deploy.images import skimage_photos, to_rgb
+    from fastervit_deploy.data.images import skimage_photos, to_rgb
 
     grey = skimage_photos()[0].convert("L")
     deep = Image.fromarray(np.asarray(grey, np.uint16) * 257)

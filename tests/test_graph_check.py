@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fastervit_deploy.graph_check import inspect_model
+from fastervit_deploy.graph.inspect import inspect_model
 
 
 def make_model(nodes, inputs, outputs, inits=(), opset=17):
@@ -97,8 +97,8 @@ def test_fixed_batch_and_decomposed_layernorm_and_foreign_ops():
 
 @pytest.mark.parametrize("content", [b"", b"not a model at all", b"\x08\x01garbage"])
 def test_non_onnx_files_are_rejected(tmp_path, content):
-    from fastervit_deploy.errors import FvdeployError
-    from fastervit_deploy.graph_check import inspect_path
+    from fastervit_deploy.system.errors import FvdeployError
+    from fastervit_deploy.graph.inspect import inspect_path
 
     path = tmp_path / "x.onnx"
     path.write_bytes(content)

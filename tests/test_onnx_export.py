@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from fastervit_deploy.graph_check import inspect_path
-from fastervit_deploy.options import BatchProfile, OnnxOptions, Simplifier
-from fastervit_deploy.record import read_record
+from fastervit_deploy.graph.inspect import inspect_path
+from fastervit_deploy.core.options import BatchProfile, OnnxOptions, Simplifier
+from fastervit_deploy.artifact import read_record
 
 from .helpers import cli, export_tiny, independent_parity
 
@@ -80,7 +80,7 @@ def test_external_data_export_runs_and_passes(tmp_path):
 
 
 def test_failure_mid_export_leaves_nothing(tmp_path, monkeypatch):
-    import fastervit_deploy.onnx_export as mod
+    import fastervit_deploy.onnx.export as mod
 
     def broken(*_):
         raise RuntimeError("simulated crash")
@@ -101,6 +101,7 @@ def test_onnxsim_simplifier_on_fastervit0(tmp_path):
     assert independent_parity(out, batches=(2,)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_card_command_any_res_576x960(tmp_path):
     out = tmp_path / "fv0.onnx"
     result = cli("export-onnx", "--model", "faster_vit_0_any_res", "--resolution", 576, 960, "--output", out)

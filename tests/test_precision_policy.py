@@ -5,9 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fastervit_deploy.engine_audit import audit, datatype, precision_counts
-from fastervit_deploy.graph_check import inspect_model
-from fastervit_deploy.precision_policy import check_precision, check_qdq, plan_placement
+from fastervit_deploy.tensorrt.audit import audit, datatype, precision_counts
+from fastervit_deploy.graph.inspect import inspect_model
+from fastervit_deploy.graph.policy import check_precision, check_qdq, plan_placement
 
 C = 8
 
@@ -94,7 +94,7 @@ def test_a_graph_that_follows_the_policy_passes():
     onnx.checker.check_model(model)
     finding = check_qdq(model)
     assert finding.ok, finding.detail
-    assert finding.detail.startswith("1 of 1 weighted ops INT8")
+    assert (finding.facts["int8_ops"], finding.facts["weighted_ops"], finding.facts["qdq_pairs"]) == (1, 1, 2)
     assert inspect_model(model, expect="int8").finding("qdq-placement").ok
 
 
@@ -141,7 +141,7 @@ def fp16_graph(ln="fp32", out="fp32", relu="fp16"):
 
 def test_precision_finding():
     good = check_precision(fp16_graph())
-    assert good.ok and good.detail == "1 LayerNorm in fp32, 1 ops in fp16"
+    assert good.ok and (good.facts["layernorm_fp32"], good.facts["fp16_ops"]) == (1, 1)
     ln16 = check_precision(fp16_graph(ln="fp16"))
     assert not ln16.ok and "ln (LayerNormalization) computes in fp16 (policy: fp32)" in ln16.detail
     out16 = check_precision(fp16_graph(out="fp16"))

@@ -13,16 +13,17 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from fastervit_deploy.datasets import digits_split, to_batch, write_folder
-from fastervit_deploy.graph_check import inspect_path
-from fastervit_deploy.images import skimage_photos
-from fastervit_deploy.model_spec import resolve_model
-from fastervit_deploy.onnx_graph import Graph
-from fastervit_deploy.options import CalibrationOptions, ModelRequest, OutputTarget, Tolerance
+from fastervit_deploy.data.datasets import digits_split, to_batch, write_folder
+from fastervit_deploy.graph.inspect import inspect_path
+from fastervit_deploy.data.images import skimage_photos
+from fastervit_deploy.core.model_spec import resolve_model
+from fastervit_deploy.graph.graph import Graph
+from fastervit_deploy.core.options import CalibrationOptions, ModelRequest, OnnxOptions, OutputTarget
+from fastervit_deploy.core.precision import Tolerance
 from fastervit_deploy.plan import plan_export, plan_quantize
-from fastervit_deploy.quantize import modelopt_available
-from fastervit_deploy.record import read_record
-from fastervit_deploy.runners import OnnxRuntimeRunner
+from fastervit_deploy.quantize.convert import modelopt_available
+from fastervit_deploy.artifact import read_record
+from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
 from .conftest import shared
 from .helpers import assert_one_line_error, cli, export_tiny, quiet_steps
@@ -38,7 +39,7 @@ def digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     request = ModelRequest("faster_vit_0_224", checkpoint=DIGITS_CKPT)
     fp32 = root / "digits.onnx"
-    plan_export(request, OutputTarget(fp32), verify=False).run(quiet_steps())
+    plan_export(request, OutputTarget(fp32), OnnxOptions(no_verify=True)).run(quiet_steps())
     train, _, test, y_test = digits_split()
     calib = write_folder(train[:512], root / "calib")
     desc = resolve_model(request)
@@ -83,8 +84,9 @@ def test_fp16_accuracy_drop_within_0_2_points_and_layernorm_in_fp32(digits):
     assert (base - half) * 100 <= 0.2
     report = inspect_path(out)  # the written file, read back
     precision = report.finding("precision")
-    assert report.passed and precision.ok and precision.detail.startswith("13 LayerNorm in fp32")  # 3 downsamplers, 8 + 2 in blocks
-    assert report.finding("qdq-placement").detail == "no Q/DQ (FP16 graph)"
+    assert report.passed and precision.ok and precision.facts["layernorm_fp32"] == 13  # 3 downsamplers, 8 + 2 in blocks
+    assert precision.facts["fp16_ops"] > 100 and precision.facts["deviations"] == 0
+    assert report.finding("qdq-placement").facts["qdq_pairs"] == 0
     assert [i["dtype"] for i in report.inputs + report.outputs] == ["float32", "float32"]
     assert read_record(out).details["lowering"]["converter"] == "modelopt-autocast"
 
@@ -96,7 +98,7 @@ def int8_graphs(digits):
     graphs = {}
     for backend in BACKENDS:
         out = digits["root"] / f"int8_{backend}.onnx"
-        graphs[backend] = (out, quantize(digits["fp32"], out, "int8", folder=digits["calib"], backend=backend, cache=cache))
+        graphs[backend] = (out, quantize(digits["fp32"], out, "int8", calib_dir=digits["calib"], backend=backend, calib_cache=cache))
     return graphs, cache
 
 
@@ -111,7 +113,7 @@ def test_int8_accuracy_drop_within_1_point_and_the_policy_holds(digits, int8_gra
     assert report.passed, report.failure_summary()
     placement = report.finding("qdq-placement")
     # stem 2, conv blocks 4, downsamplers 3, tokenizer 1, HAT blocks 2 x 8, last block 4: 30 weighted ops
-    assert placement.ok and placement.detail.startswith("30 of 30 weighted ops INT8")
+    assert placement.ok and (placement.facts["int8_ops"], placement.facts["weighted_ops"]) == (30, 30)
     assert report.finding("precision").ok
     sites = qdq_sites(out)
     ops = {n.name: n.op_type for n in onnx.load(str(out)).graph.node}
@@ -136,7 +138,7 @@ def test_both_backends_give_the_same_placement_and_scales(int8_graphs):
 def test_cache_rebuild_gives_the_same_scales_and_bad_caches_are_refused(digits, int8_graphs, tmp_path):
     (first, _), cache = int8_graphs[0][BACKENDS[0]], int8_graphs[1]
     again = tmp_path / "again.onnx"
-    record = quantize(digits["fp32"], again, "int8", backend=BACKENDS[0], cache=cache)  # no images at all
+    record = quantize(digits["fp32"], again, "int8", backend=BACKENDS[0], calib_cache=cache)  # no images at all
     a, b = qdq_sites(first), qdq_sites(again)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert record.details["int8"]["calibration"]["source"] == "cache"
@@ -182,7 +184,7 @@ def test_any_folder_calibrates_odd_counts_odd_modes_and_a_corrupt_file(tmp_path)
     photos[2].convert("CMYK").save(folder / "cmyk.tif")
     Image.fromarray((np.asarray(photos[3].convert("L"), np.uint16) * 257)).save(folder / "deep16.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    record = quantize(path, tmp_path / "int8.onnx", "int8", Tolerance(min_top1=0.0), folder=folder,
+    record = quantize(path, tmp_path / "int8.onnx", "int8", Tolerance(min_top1=0.0), calib_dir=folder,
                       backend="onnxruntime")
     calibration = record.details["int8"]["calibration"]
     assert calibration["files_listed"] == 14 and calibration["images"] == 13
@@ -210,7 +212,7 @@ def fastervit0(shared_dir):
     """FasterViT-0 (checkpoint-like weights) as ONNX, photos to calibrate on, and where the scales go."""
 
     def export(path: Path) -> None:
-        plan_export(ModelRequest("faster_vit_0_224"), OutputTarget(path / "fv0.onnx"), verify=False).run(quiet_steps())
+        plan_export(ModelRequest("faster_vit_0_224"), OutputTarget(path / "fv0.onnx"), OnnxOptions(no_verify=True)).run(quiet_steps())
         calib = path / "calib"
         calib.mkdir()
         for i, img in enumerate(skimage_photos()):  # real photos, plus mirrored and cropped views
@@ -227,18 +229,19 @@ def fastervit0(shared_dir):
 def test_fastervit0_int8_cosine_on_photos(fastervit0, backend, tmp_path):
     fp32, calib, cache = fastervit0  # whichever backend runs first calibrates; the other reads its scales
     out = tmp_path / f"fv0_{backend}.onnx"
-    record = quantize(fp32, out, "int8", folder=calib, backend=backend, cache=cache)
+    record = quantize(fp32, out, "int8", calib_dir=calib, backend=backend, calib_cache=cache)
     cosine = record.parity["overall"]["cosine_min"]
     print(f"FasterViT-0 INT8 ({backend}) cosine to FP32 on photos: {cosine:.5f}")
     assert cosine >= 0.99
     report = inspect_path(out)
-    assert report.passed and report.finding("qdq-placement").detail.startswith("84 of 84 weighted ops INT8")
+    facts = report.finding("qdq-placement").facts
+    assert report.passed and (facts["int8_ops"], facts["weighted_ops"]) == (84, 84)
 
 
 @pytest.mark.xdist_group("digits-int8")
 def test_exclude_keeps_nodes_out_of_int8(digits, tmp_path):
     out = tmp_path / "excl.onnx"
-    record = quantize(digits["fp32"], out, "int8", folder=digits["calib"], images=16, backend="onnxruntime",
+    record = quantize(digits["fp32"], out, "int8", calib_dir=digits["calib"], calib_images=16, backend="onnxruntime",
                       exclude=("/levels.3/*",))
     excluded = record.details["int8"]["placement"]["excluded"]
     assert excluded and all(n.startswith("/levels.3/") for n in excluded)

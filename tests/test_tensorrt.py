@@ -8,30 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastervit_deploy.options import BatchProfile, BuilderOptions, ModelRequest, OutputTarget
+from fastervit_deploy.core.options import BuilderOptions, ModelRequest, OutputTarget, TunedBatchProfile
 from fastervit_deploy.plan import plan_build_trt
-from fastervit_deploy.record import read_record
-from fastervit_deploy.trt_support import Profile, trtexec_command
+from fastervit_deploy.artifact import read_record
+from fastervit_deploy.tensorrt.profile import Profile, trtexec_command
 
 from .helpers import assert_one_line_error, cli, export_tiny, tiny_checkpoint
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
-def _gpu_ready() -> bool:
-    if not HAS_TRT:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-gpu = pytest.mark.skipif(not _gpu_ready(), reason="needs the tensorrt package (10.x/11.x) and a CUDA GPU")
 
 
 def test_trtexec_line_is_strongly_typed_with_the_batch_profile():
     line = trtexec_command(Path("m int8.onnx"), Path("m.plan"), Profile("input", (3, 224, 224), 1, 8, 64),
-                           BuilderOptions(Path("t.cache"), workspace_gib=2, opt_level=4))
+                           BuilderOptions(Path("t.cache"), workspace=2, opt_level=4))
     assert line.startswith("trtexec '--onnx=m int8.onnx' --stronglyTyped")
     for part in ("--minShapes=input:1x3x224x224", "--optShapes=input:8x3x224x224", "--maxShapes=input:64x3x224x224",
                  "--timingCacheFile=t.cache", "--builderOptimizationLevel=4", "--memPoolSize=workspace:2048M"):
@@ -41,7 +32,7 @@ def test_trtexec_line_is_strongly_typed_with_the_batch_profile():
 
 @pytest.mark.parametrize("kw,pattern", [
     (dict(opt_level=7), "opt-level must be 0..5"),
-    (dict(workspace_gib=0), "workspace must be positive"),
+    (dict(workspace=0), "workspace must be positive"),
 ])
 def test_builder_options_validation(kw, pattern):
     with pytest.raises(Exception, match=pattern):
@@ -66,7 +57,7 @@ def test_printed_commands_make_exactly_the_onnx_build_trt_would_build(tmp_path, 
         assert run.exit_code == 0, run.output
     made = read_record(Path(re.search(r"--onnx=(\S+)", trtexec).group(1)))
     planned = plan_build_trt(None, ModelRequest("faster_vit_0_any_res", checkpoint=Path(ckpt.name), resolution=(192, 320)),
-                             "fp16", OutputTarget(), profile=BatchProfile(1, 8, 4)).stages[-1]
+                             "fp16", OutputTarget(), profile=TunedBatchProfile(1, 8, 4)).stages[-1]
     assert made.precision == "fp16" and made.batch_range == (1, 8)
     assert made.model.config == planned.model.config and made.model.resolution == (192, 320)
     assert made.model.checkpoint.sha256 == planned.model.checkpoint.sha256
@@ -102,12 +93,11 @@ def test_build_trt_bad_input(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.gpu
-@gpu
+@pytest.mark.gpu(needs="tensorrt")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_build_and_parity(tmp_path, precision):
-    from fastervit_deploy.datasets import digits_split, write_folder
-    from fastervit_deploy.runners import TensorRTRunner
+    from fastervit_deploy.data.datasets import digits_split, write_folder
+    from fastervit_deploy.tensorrt.runner import TensorRTRunner
 
     from .test_quantize import DIGITS_CKPT
 

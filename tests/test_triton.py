@@ -9,11 +9,12 @@ import onnx
 import pytest
 from PIL import Image
 
-from fastervit_deploy.images import preprocess, skimage_photos
-from fastervit_deploy.options import BatchProfile
-from fastervit_deploy.record import read_record
-from fastervit_deploy.runners import OnnxRuntimeRunner, TorchRunner
-from fastervit_deploy.triton_repo import parse_config
+from fastervit_deploy.data.images import preprocess, skimage_photos
+from fastervit_deploy.core.options import BatchProfile
+from fastervit_deploy.artifact import read_record
+from fastervit_deploy.core.reference import TorchRunner
+from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
+from fastervit_deploy.triton.repository import parse_config
 
 from .helpers import assert_one_line_error, cli, export_tiny
 
@@ -23,7 +24,7 @@ tritonclient_http = pytest.importorskip("tritonclient.http")
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("triton")
-    classifier, _ = export_tiny(root, filename="cls.onnx", batch=BatchProfile(max=16))
+    classifier, _ = export_tiny(root, filename="cls.onnx", batch=BatchProfile(max_batch=16))
     backbone, _ = export_tiny(root, "faster_vit_0_any_res", filename="feat.onnx", resolution=(160, 288),
                               out_indices=(1, 3))
     return root, classifier, backbone
@@ -70,7 +71,7 @@ def test_bad_input_is_one_line(artifacts, tmp_path):
     assert_one_line_error(cli("triton", classifier, "--repository", repo, "--preferred-batch", 32),
                           r"--preferred-batch 32 is outside cls.onnx's batch range 1..16", 2)
     fixed, _ = export_tiny(tmp_path, filename="fixed.onnx", verify=False,
-                           batch=BatchProfile(min=4, max=8))
+                           batch=BatchProfile(min_batch=4, max_batch=8))
     assert_one_line_error(cli("triton", fixed, "--repository", repo), r"takes batches 4..8, but Triton sends any batch", 2)
     assert_one_line_error(cli("triton", classifier, "--repository", repo, "--backend", "tensorrt"),
                           r"the tensorrt backend serves .plan engines", 2)
@@ -84,7 +85,7 @@ def _infer(client, model, x, output="logits"):
 
 
 def test_served_by_tritonserver_matches_pytorch_and_batches_under_load(artifacts, tmp_path):
-    from fastervit_deploy.triton_local import LocalTritonServer
+    from fastervit_deploy.triton.local import LocalTritonServer
 
     root, classifier, _ = artifacts
     repo = tmp_path / "repo"
@@ -144,9 +145,7 @@ def test_served_by_tritonserver_matches_pytorch_and_batches_under_load(artifacts
     assert server.process.poll() is not None  # stopped, always
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not __import__("tests.test_tensorrt", fromlist=["_gpu_ready"])._gpu_ready(),
-                    reason="needs the tensorrt package (10.x/11.x) and a CUDA GPU")
+@pytest.mark.gpu(needs="tensorrt")
 def test_tensorrt_plan_repository_names_its_tensorrt_version(artifacts, tmp_path):
     root, _, backbone = artifacts
     plan = tmp_path / "feat.plan"
@@ -158,3 +157,19 @@ def test_tensorrt_plan_repository_names_its_tensorrt_version(artifacts, tmp_path
     import tensorrt
 
     assert f"needs TensorRT {tensorrt.__version__}" in (repo / "README.md").read_text()
+
+
+def test_the_repository_readme_keeps_one_section_per_model(artifacts, tmp_path):
+    from fastervit_deploy.triton.repository import readme_sections
+
+    root, classifier, backbone = artifacts
+    repo = tmp_path / "repo"
+    assert cli("triton", classifier, "--repository", repo, "--name", "cls").exit_code == 0
+    assert cli("triton", backbone, "--repository", repo, "--name", "feat").exit_code == 0
+    first = readme_sections((repo / "README.md").read_text())
+    assert list(first) == ["cls", "feat"] and "feat_s32" in first["feat"] and "logits" in first["cls"]
+    # Rewriting one model rewrites its section only.
+    assert cli("triton", classifier, "--repository", repo, "--name", "cls", "--instances", 3, "--overwrite").exit_code == 0
+    again = readme_sections((repo / "README.md").read_text())
+    assert list(again) == ["cls", "feat"] and again["feat"] == first["feat"]
+    assert "instances: 3 x GPU" in again["cls"] and "instances: 1 x GPU" in first["cls"]

@@ -7,7 +7,7 @@ import sys
 
 def main() -> None:
     """The console script: signals are routed first (``lifecycle``), then the CLI is imported and run."""
-    from .. import lifecycle
+    from ..system import lifecycle
 
     lifecycle.install()
     try:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import functools
-import re
 import sys
 from typing import Annotated, Callable, Optional
 
 import typer
 
-from .. import __version__, lifecycle
-from ..errors import exit_code_of, one_line
-from ..progress import console
+from .. import __version__
+from ..system import lifecycle
+from ..core import options
+from ..core.declare import Opt, OptionGroup
+from ..system.errors import EXIT_INTERNAL, FvdeployError, exit_code_of, internal_error_line, one_line
+from ..system.progress import console
 from . import commands
 from .groups import with_groups
 
@@ -41,11 +43,12 @@ def one_line_errors(fn: Callable) -> Callable:
                 # A library that swallowed the KeyboardInterrupt fails later on what it left half-done:
                 # that failure is the interruption, not an error of its own.
                 raise typer.Exit(_interrupted()) from None
-            code = exit_code_of(err)
-            if code is None or _state["debug"]:
+            if _state["debug"]:
                 raise
-            console.print(f"error: {one_line(err)}", markup=False, style="red", soft_wrap=True)
-            raise typer.Exit(code) from None
+            code = exit_code_of(err)
+            line = f"error: {one_line(err)}" if code is not None else internal_error_line(err)
+            console.print(line, markup=False, style="red", soft_wrap=True)
+            raise typer.Exit(EXIT_INTERNAL if code is None else code) from err
 
     return run
 
@@ -89,19 +92,28 @@ for _name, _fn in COMMANDS:
     app.command(_name)(one_line_errors(with_groups(_fn)))
 
 
-# Options whose value may be left out, and the value that then stands for it (Typer has no optional values).
-OPTIONAL_VALUES = {"--features": ("0,1,2,3", re.compile(r"^\d+(,\d+)*$"))}
+def _bare_options() -> dict[str, Opt]:
+    """Options whose value may be left out (declared with ``bare``), by flag."""
+    groups = [g for g in vars(options).values() if isinstance(g, type) and issubclass(g, OptionGroup) and g is not OptionGroup]
+    return {g.flag(f.name): opt for g in groups for f, opt, _ in g.declared() if opt.bare is not None}
+
+
+def _takes(opt: Opt, word: str) -> bool:
+    try:
+        opt.parse(word)
+    except FvdeployError:
+        return False
+    return not word.startswith("-")
 
 
 def expand_optional_values(argv: list[str]) -> list[str]:
-    """``--features`` followed by no index list becomes ``--features 0,1,2,3``."""
+    """A bare option stands for its declared value: ``--features`` followed by no index list is ``--features 0,1,2,3``."""
+    bare = _bare_options()
     out: list[str] = []
     for i, arg in enumerate(argv):
         out.append(arg)
-        if arg in OPTIONAL_VALUES:
-            default, value = OPTIONAL_VALUES[arg]
-            if i + 1 == len(argv) or not value.match(argv[i + 1]):
-                out.append(default)
+        if arg in bare and (i + 1 == len(argv) or not _takes(bare[arg], argv[i + 1])):
+            out.append(bare[arg].bare)
     return out
 
 

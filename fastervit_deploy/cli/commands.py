@@ -1,4 +1,4 @@
-"""The commands: parse option groups, plan, run, report. The work itself lives in the backend modules."""
+"""The commands: parse (option groups), call the work, print. The work lives in the layers below."""
 
 from __future__ import annotations
 
@@ -7,33 +7,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from ..errors import CheckFailed, FvdeployError
-from ..files import check_output, write_text_atomic
-from ..options import DEFAULT_FP32_OPS, InstanceKind, TritonBackend, TritonOptions
-from ..plan import plan_build_trt, plan_coreml, plan_export, plan_quantize, require_tensorrt
-from ..progress import Steps, console
+from ..core.declare import ints
+from ..core.options import (
+    BuilderOptions,
+    CalibrationOptions,
+    CoreMLOptions,
+    ImagesOption,
+    LoweringOptions,
+    ModelRequest,
+    OnnxOptions,
+    OnnxSource,
+    OutputTarget,
+    PrecisionFlags,
+    RunOptions,
+    TritonOptions,
+    BatchProfile,
+    TunedBatchProfile,
+)
+from ..core.precision import Tolerance
+from ..system.errors import CheckFailed, FvdeployError
+from ..system.files import check_output, write_text_atomic
+from ..system.progress import Steps, console
+from .groups import JsonOpt, PlotOpt
 
 if TYPE_CHECKING:
-    from ..record import ArtifactRecord
-from .groups import (
-    BatchArgs,
-    BuilderArgs,
-    CalibrationArgs,
-    CoreMLArgs,
-    ImagesOpt,
-    JsonOpt,
-    ModelArgs,
-    OnnxArgs,
-    OutputArgs,
-    PrecisionArgs,
-    RuntimeArgs,
-    ToleranceArgs,
-    parse_ints,
-)
+    from ..core.record import ArtifactRecord
 
 stdout = Console(highlight=False)
 
@@ -58,7 +58,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """List the registered FasterViT variants."""
-    from ..model_table import model_rows, models_table
+    from .tables import model_rows, models_table
 
     rows = model_rows(pattern)
     if not rows:
@@ -71,34 +71,22 @@ def models(
 
 def formats(as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False) -> None:
     """The artifact formats fvdeploy makes and checks, and what this machine can do with each."""
-    from ..formats import FORMATS
+    from .tables import format_rows, formats_table
 
-    rows = [{"format": f.key, "files": list(f.suffixes), "precisions": list(f.precisions), "made_by": f.command,
-             "convert_here": f.missing_to_convert() or "yes", "run_here": f.missing_to_run() or "yes"}
-            for f in FORMATS]
+    rows = format_rows()
     if as_json:
         print(json.dumps(rows, indent=2))
-        return
-    table = Table(title="artifact formats")
-    for col in ("format", "files", "precisions", "made by", "make here", "run here"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["format"], " ".join(r["files"]), ", ".join(r["precisions"]), r["made_by"], r["convert_here"],
-                      r["run_here"])
-    stdout.print(table)
+    else:
+        stdout.print(formats_table(rows))
 
 
-def export_onnx(
-    model: ModelArgs,
-    onnx: OnnxArgs,
-    batch: BatchArgs,
-    out: OutputArgs,
-    images: ImagesOpt = None,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the onnxruntime parity check.")] = False,
-) -> None:
+def export_onnx(model: ModelRequest, onnx: OnnxOptions, batch: BatchProfile, out: OutputTarget,
+                images: ImagesOption) -> None:
     """Export a FasterViT as a TensorRT-friendly ONNX graph (dynamic batch), checked and verified."""
-    plan = plan_export(model, out, onnx, batch, images, verify=not no_verify)
-    _wrote(plan.run(Steps()), plan.stages[-1].output)
+    from ..plan import plan_export
+
+    plan = plan_export(model, out, onnx, batch, images)
+    _wrote(plan.run(Steps()), plan.output)
 
 
 def inspect(
@@ -106,69 +94,37 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Op histogram, inputs/outputs and TensorRT-readiness findings of an ONNX file."""
-    from ..graph_check import inspect_path
+    from ..graph.inspect import inspect_path
+    from .tables import inspect_tables
 
     report = inspect_path(onnx_path)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        io = Table(title=f"{onnx_path.name}: opset {report.opset}, {report.nodes} nodes")
-        for col in ("", "name", "shape", "dtype"):
-            io.add_column(col)
-        for kind, values in (("input", report.inputs), ("output", report.outputs)):
-            for v in values:
-                io.add_row(kind, v["name"], str(v["shape"]), v["dtype"])
-        stdout.print(io)
-        ops = Table(title="ops")
-        ops.add_column("op")
-        ops.add_column("count", justify="right")
-        for op, n in report.ops.items():
-            ops.add_row(op, str(n))
-        stdout.print(ops)
-        checks = Table(title="TensorRT readiness")
-        for col in ("check", "", "detail"):
-            checks.add_column(col)
-        for f in report.findings:
-            mark = "[green]ok[/green]" if f.ok else "[red]FAIL[/red]" if f.severity == "error" else "[yellow]note[/yellow]"
-            checks.add_row(f.check, mark, f.detail)
-        stdout.print(checks)
+        for table in inspect_tables(report, onnx_path.name):
+            stdout.print(table)
     if not report.passed:
         raise typer.Exit(1)
 
 
 def verify(
     artifact: Annotated[Path, typer.Argument(help="Artifact: .onnx, .plan/.engine or .mlpackage.")],
-    model: ModelArgs,
-    tolerance: ToleranceArgs,
-    runtime: RuntimeArgs,
-    images: ImagesOpt = None,
+    model: ModelRequest,
+    tolerance: Tolerance,
+    runtime: RunOptions,
+    images: ImagesOption,
     batch: Annotated[int, typer.Option(min=1, help="Images per batch (real images, cycled if fewer).")] = 8,
     json_path: JsonOpt = None,
 ) -> None:
     """Compare an artifact with PyTorch on real images: errors, cosine, top-1/top-5 agreement.
 
     The model, its checkpoint (found by content) and the precision come from the artifact's record;
-    model options override them.
+    model options may only agree with it (or say where the checkpoint is now).
     """
     _check_json(json_path)
-    from ..artifact import open_artifact
-    from ..images import batch_of, load_batch
-    from ..runners import TorchRunner, in_output_space
-    from ..verify import TOLERANCES, report_lines, run_parity
+    from ..use.verify import verify as run_verify
 
-    art = open_artifact(artifact, model)
-    desc, record = art.model, art.record
-    tol = TOLERANCES[record.precision].override(tolerance)
-    steps = Steps()
-    with steps("building PyTorch reference"):
-        torch_model = desc.build(steps.note)
-        photos = batch_of(load_batch(desc.resolution, desc.preprocessing, images), batch)
-    with steps(f"running {art.backend.description}"), art.runner(runtime) as runner, \
-            TorchRunner(torch_model, desc.input, desc.outputs, threads=runtime.threads) as reference:
-        result = run_parity(lambda b: in_output_space(reference.infer(b), runner.outputs), runner, [photos], tol)
-    result.update(artifact=str(art.path), runner=runner.name, precision=record.precision, model=desc.name)
-    for line in report_lines(result):
-        steps.note(f"{record.precision}: {line}")
+    result = run_verify(artifact, model, tolerance, runtime, images.images, batch, Steps())
     _write_json(json_path, result)
     if not result["passed"]:
         raise CheckFailed("verification failed: " + "; ".join(result["failures"]))
@@ -178,7 +134,7 @@ def verify(
 def predict(
     artifact: Annotated[Path, typer.Argument(help="Artifact to run (any format this machine runs).")],
     images: Annotated[list[Path], typer.Argument(help="Image files.", metavar="IMAGE...")],
-    runtime: RuntimeArgs,
+    runtime: RunOptions,
     top: Annotated[int, typer.Option(min=1, max=100, help="Classes to show per image.")] = 5,
     json_path: JsonOpt = None,
 ) -> None:
@@ -188,173 +144,102 @@ def predict(
         if not path.is_file():
             raise FvdeployError(f"image not found: {path}")
     from ..artifact import open_artifact
-    from ..predict import predict as run_predict
+    from ..use.predict import predict as run_predict
+    from .tables import predictions_tables
 
-    art = open_artifact(artifact)
+    art = open_artifact(artifact, model=None)
     rows = run_predict(art, images, top, runtime)
-    _write_json(json_path, {"artifact": str(art.path), "precision": art.record.precision, "model": art.model.name,
-                            "predictions": rows})
-    for row in rows:
-        table = Table(title=row["image"], title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-        table.add_column("class")
-        table.add_column("index", justify="right")
-        table.add_column("probability", justify="right")
-        for t in row["top"]:
-            table.add_row(t["label"], str(t["index"]), f"{t['probability']:.4f}")
+    _write_json(json_path, {"artifact": str(art.path), "precision": art.record.precision.value,
+                            "model": art.model.name, "predictions": rows})
+    for table in predictions_tables(rows):
         stdout.print(table)
 
 
 def benchmark(
     artifacts: Annotated[list[Path], typer.Argument(help="Artifacts to time (ONNX here; engines where TensorRT runs).")],
-    model: ModelArgs,
-    runtime: RuntimeArgs,
+    model: ModelRequest,
+    runtime: RunOptions,
     batch: Annotated[Optional[list[str]], typer.Option(help="Batch sizes: repeat or comma-separate (default 1,8,32).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds per batch size.")] = 3,
     iterations: Annotated[int, typer.Option(min=1, help="Timed rounds per batch size.")] = 10,
     pytorch: Annotated[bool, typer.Option("--pytorch/--no-pytorch", help="Also time PyTorch eager.")] = True,
     json_path: JsonOpt = None,
-    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG plot here.")] = None,
+    plot_path: PlotOpt = None,
 ) -> None:
     """Latency percentiles and throughput per batch size (warm-up excluded), runners interleaved."""
-    sizes = parse_ints(batch, "--batch") or (1, 8, 32)
-    if min(sizes) < 1:
-        raise FvdeployError("batch sizes must be at least 1")
+    sizes = ints("--batch")(batch) or (1, 8, 32)
     _check_json(json_path)
     if plot_path is not None:
         check_output(plot_path, True, ".png")
-    import contextlib
+    from ..use.benchmark import benchmark as run_benchmark
+    from ..use.benchmark import plot, results_table
 
-    from ..artifact import open_artifact
-    from ..benchmark import machine, measure, plot, results_table, synthetic_batches
-    from ..runners import TorchRunner
-
-    arts = [open_artifact(a, model) for a in artifacts]
-    first = arts[0]
-    for art in arts[1:]:
-        if art.model.input.shape != first.model.input.shape:
-            raise FvdeployError(f"{art.path.name} takes [N, {', '.join(map(str, art.model.input.shape))}] but "
-                                f"{first.path.name} takes [N, {', '.join(map(str, first.model.input.shape))}]: "
-                                "benchmark artifacts of one input size together")
-    for art in arts:
-        low, high = art.record.batch_range
-        outside = [n for n in sizes if not low <= n <= high]
-        if outside:
-            raise FvdeployError(f"batch {outside[0]} is outside {art.path.name}'s batch range {low}..{high}")
-    desc = first.model
-    fns = {}
-    with contextlib.ExitStack() as stack:
-        for art in arts:
-            runner = stack.enter_context(art.runner(runtime))
-            fns[f"{runner.name}:{art.path.name}"] = runner.infer
-        if pytorch:
-            fns["pytorch-eager"] = stack.enter_context(
-                TorchRunner(desc.build(), desc.input, desc.outputs, threads=runtime.threads)).infer
-        batches = synthetic_batches(sizes, desc.input.shape)
-        results = measure(fns, batches, warmup, iterations, console)
-    stdout.print(results_table(results))
-    info = machine(runtime.threads)
-    _write_json(json_path, {"results": results, "model": desc.name, "machine": info})
+    report = run_benchmark(artifacts, model, runtime, sizes, warmup, iterations, pytorch, console)
+    stdout.print(results_table(report["results"]))
+    _write_json(json_path, report)
     if plot_path is not None:
-        plot(results, plot_path, info)
+        plot(report["results"], plot_path, report["machine"])
         console.print(f"plot written to {plot_path}")
 
 
 def quantize(
     onnx_path: Annotated[Path, typer.Argument(help="FP32 ONNX from `fvdeploy export-onnx`.", metavar="MODEL.onnx")],
-    precision: PrecisionArgs,
-    calibration: CalibrationArgs,
-    tolerance: ToleranceArgs,
-    out: OutputArgs,
-    keep_fp32: Annotated[Optional[list[str]], typer.Option(help="Op type kept in fp32 (repeatable; default "
-                                                                "LayerNormalization).")] = None,
-    images: ImagesOpt = None,
+    precision: PrecisionFlags,
+    calibration: CalibrationOptions,
+    lowering: LoweringOptions,
+    tolerance: Tolerance,
+    out: OutputTarget,
+    images: ImagesOption,
 ) -> None:
     """Make a precision-ready ONNX for TensorRT: FP16, or calibrated INT8 Q/DQ with the rest in FP16."""
-    if precision is None:
-        raise FvdeployError("choose one of --fp16 and --int8")
-    plan = plan_quantize(onnx_path, precision, out, calibration, tolerance, tuple(keep_fp32 or DEFAULT_FP32_OPS), images)
-    _wrote(plan.run(Steps()), plan.stages[-1].output)
+    if precision.precision is None:
+        raise FvdeployError(f"choose one of {' and '.join(PrecisionFlags.flag(f.name) for f, _, _ in PrecisionFlags.declared())}")
+    from ..plan import plan_quantize
+
+    plan = plan_quantize(onnx_path, precision.precision, out, calibration, tolerance, lowering, images)
+    _wrote(plan.run(Steps()), plan.output)
 
 
 def build_trt(
-    precision: PrecisionArgs,
-    model: ModelArgs,
-    batch: BatchArgs,
-    builder: BuilderArgs,
-    calibration: CalibrationArgs,
-    onnx_options: OnnxArgs,
-    out: OutputArgs,
-    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX to build (from export-onnx or quantize).")] = None,
-    opt_batch: Annotated[Optional[int], typer.Option(min=1, help="Batch TensorRT tunes for (default 8, within the "
-                                                                 "range).", rich_help_panel="Batch range")] = None,
-    images: ImagesOpt = None,
+    precision: PrecisionFlags,
+    model: ModelRequest,
+    batch: TunedBatchProfile,
+    builder: BuilderOptions,
+    calibration: CalibrationOptions,
+    onnx_options: OnnxOptions,
+    out: OutputTarget,
+    images: ImagesOption,
+    source: OnnxSource,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10 or 11, strongly typed; precision comes from the ONNX).
 
     With --model, the ONNX is exported (and quantized for --fp16/--int8) first. Without TensorRT, it
     says which fvdeploy commands make that ONNX here and the trtexec line to run where TensorRT is.
     """
-    import dataclasses
+    from ..plan import plan_build_trt, require_tensorrt
 
-    plan = plan_build_trt(onnx, model, precision, out, calibration, dataclasses.replace(batch, opt=opt_batch),
-                          builder, onnx_options, images)
+    plan = plan_build_trt(source.onnx, model, precision.precision, out, calibration, batch, builder, onnx_options, images)
     require_tensorrt(plan)
-    _wrote(plan.run(Steps()), plan.stages[-1].output)
+    _wrote(plan.run(Steps()), plan.output)
 
 
-def coreml(
-    model: ModelArgs,
-    options: CoreMLArgs,
-    out: OutputArgs,
-    resolutions: Annotated[Optional[list[str]], typer.Option("--resolutions", help="Extra HxW (any-res; one "
-                                                                                    "function each; iOS18+).")] = None,
-) -> None:
+def coreml(model: ModelRequest, options: CoreMLOptions, out: OutputTarget) -> None:
     """Convert to a Core ML ML Program (.mlpackage): image in, ImageNet classes (or logits) out."""
-    extra = []
-    for text in resolutions or ():
-        try:
-            h, w = (int(v) for v in text.lower().split("x"))
-        except ValueError:
-            raise FvdeployError(f"--resolutions takes HxW, got {text!r}") from None
-        extra.append((h, w))
-    plan = plan_coreml(model, out, options, tuple(extra))
-    _wrote(plan.run(Steps()), plan.stages[-1].output)
+    from ..plan import plan_coreml
+
+    plan = plan_coreml(model, out, options)
+    _wrote(plan.run(Steps()), plan.output)
 
 
 def triton(
     artifacts: Annotated[list[Path], typer.Argument(help="ONNX or TensorRT artifacts (with their fvdeploy records).")],
-    repository: Annotated[Path, typer.Option("--repository", help="Model repository folder (created if missing).")],
-    name: Annotated[Optional[list[str]], typer.Option(help="Model name, one per artifact (default: model, "
-                                                           "resolution and precision).")] = None,
-    version: Annotated[int, typer.Option(min=1, help="Version folder.")] = 1,
-    instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
-    max_queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: longest wait to fill a batch.")] = 100,
-    preferred_batch: Annotated[Optional[list[str]], typer.Option(help="Preferred batch sizes (default: 4, 8, 16, 32 "
-                                                                      "within the batch range).")] = None,
-    backend: Annotated[TritonBackend, typer.Option(help="auto: tensorrt for .plan, onnxruntime for .onnx; python: the "
-                                                        "ONNX on onnxruntime in Triton's Python backend (CPU).")] = TritonBackend.auto,
-    instance_kind: Annotated[InstanceKind, typer.Option(help="auto: GPU, CPU for the python backend.")] = InstanceKind.auto,
-    ort_tensorrt: Annotated[bool, typer.Option("--ort-tensorrt", help="onnxruntime backend on a GPU host: TensorRT "
-                                                                      "accelerator, FP16, engine cache.")] = False,
-    preprocess: Annotated[bool, typer.Option("--preprocess", help="Add a preprocessing model and an ensemble that "
-                                                                  "take encoded JPEG/PNG bytes.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace models of the same name.")] = False,
+    options: TritonOptions,
 ) -> None:
     """Write a Triton Inference Server model repository, validated with Triton's ModelConfig schema."""
-    from ..triton_repo import check_repository, resolve, write_repository
+    from ..triton.repository import write
 
-    opts = TritonOptions(repository=repository, version=version, instances=instances,
-                         max_queue_delay_us=max_queue_delay_us, preferred_batch=parse_ints(preferred_batch, "--preferred-batch") or (),
-                         backend=backend, instance_kind=instance_kind, ort_tensorrt=ort_tensorrt,
-                         preprocess=preprocess, overwrite=overwrite)
-    names = list(name or [])
-    if names and len(names) != len(artifacts):
-        raise FvdeployError(f"give one --name per artifact ({len(artifacts)} artifacts, {len(names)} names)")
-    models = [resolve(a, opts, names[i] if names else None) for i, a in enumerate(artifacts)]
-    check_repository(opts, models)
-    written = write_repository(opts, models)
+    models, written = write(artifacts, options)
     for model in models:
         console.print(f"  {model.name}: {model.backend.value}, batch 1..{model.max_batch}, "
                       f"{len(model.record.outputs)} output(s)", highlight=False)
-    console.print(f"wrote {', '.join(written)} into {repository} (config.pbtxt validated with Triton's schema)")
-
+    console.print(f"wrote {', '.join(written)} into {options.repository} (config.pbtxt validated with Triton's schema)")

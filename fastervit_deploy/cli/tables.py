@@ -1,0 +1,94 @@
+"""The tables commands print (rich), built from the facts the work returned."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.table import Table
+
+from fastervit.geometry import plan_stages
+from fastervit.params import count_params
+from fastervit.registry import get_entry, list_models
+
+from ..formats import FORMATS
+
+
+def model_rows(pattern: str = "*") -> list[dict]:
+    """One row per registered variant, from its configuration alone (nothing is built: instant)."""
+    rows = []
+    for name in list_models(pattern):
+        entry = get_entry(name)
+        cfg = entry.config
+        carriers = [f"s{p.index}:{p.carrier_grid[0]}x{p.carrier_grid[1]}" for p in plan_stages(cfg) if p.has_carriers]
+        rows.append({
+            "name": name,
+            "params": count_params(cfg),
+            "resolution": f"{cfg.resolution[0]}x{cfg.resolution[1]}",
+            "windows": ",".join(map(str, cfg.window_size[2:])),
+            "hat": " ".join(carriers) or "-",
+            "crop_pct": entry.pretrained.crop_pct,
+            "description": entry.description,
+        })
+    return rows
+
+
+def models_table(rows: list[dict]) -> Table:
+    # Fits 80 columns at its natural width (no truncated cells): a light box, short headers.
+    table = Table(title="FasterViT variants", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="windows: stages 2,3; carriers: carrier-token grid per stage")
+    table.add_column("model", no_wrap=True)
+    for col in ("params", "input", "windows", "carriers", "crop"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(r["name"], f"{r['params'] / 1e6:.2f}M", r["resolution"], r["windows"], r["hat"],
+                      f"{r['crop_pct']:.3g}")
+    return table
+
+
+def format_rows() -> list[dict]:
+    return [{"format": f.key.value, "files": list(f.suffixes), "precisions": [p.value for p in f.precisions],
+             "made_by": ", ".join(f.made_by), "convert_here": f.missing_to_make() or "yes",
+             "run_here": f.missing_to_run() or "yes"} for f in FORMATS.values()]
+
+
+def formats_table(rows: list[dict]) -> Table:
+    table = Table(title="artifact formats", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("format", "files", "precisions", "made by", "make here", "run here"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["format"], " ".join(r["files"]), ", ".join(r["precisions"]), r["made_by"], r["convert_here"],
+                      r["run_here"])
+    return table
+
+
+def inspect_tables(report, name: str) -> list[Table]:
+    io = Table(title=f"{name}: opset {report.opset}, {report.nodes} nodes")
+    for col in ("", "name", "shape", "dtype"):
+        io.add_column(col)
+    for kind, values in (("input", report.inputs), ("output", report.outputs)):
+        for v in values:
+            io.add_row(kind, v["name"], str(v["shape"]), v["dtype"])
+    ops = Table(title="ops")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in report.ops.items():
+        ops.add_row(op, str(n))
+    checks = Table(title="TensorRT readiness")
+    for col in ("check", "", "detail"):
+        checks.add_column(col)
+    for f in report.findings:
+        mark = "[green]ok[/green]" if f.ok else "[red]FAIL[/red]" if f.severity == "error" else "[yellow]note[/yellow]"
+        checks.add_row(f.check, mark, f.detail)
+    return [io, ops, checks]
+
+
+def predictions_tables(rows: list[dict]) -> list[Table]:
+    tables = []
+    for row in rows:
+        table = Table(title=row["image"], title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("class")
+        table.add_column("index", justify="right")
+        table.add_column("probability", justify="right")
+        for t in row["top"]:
+            table.add_row(t["label"], str(t["index"]), f"{t['probability']:.4f}")
+        tables.append(table)
+    return tables

@@ -1,0 +1,352 @@
+"""What a command was asked to do: option groups, each option declared once (``core.declare``).
+
+The CLI builds its parameters from these declarations; the plan and the backends read the parsed,
+immutable groups; every job writes its reproducing command line from them. This module imports
+nothing heavy (no torch, onnx or numpy), so a command line is parsed, and its output paths checked,
+before any of those load: a bad path is refused at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..system.errors import FvdeployError
+from .declare import Choice, OptionGroup, ints, joined, option
+from .precision import Precision
+
+
+@dataclass(frozen=True)
+class ModelRequest(OptionGroup):
+    """Which model was asked for; ``None`` means the variant's default (or, for an artifact, its record's)."""
+
+    PANEL = "Model"
+
+    model: str | None = option(None, "Registered variant (see `fvdeploy models`).", flags=("--model", "-m"))
+    checkpoint: Path | None = option(None, "Official .pth.tar or fvdeploy checkpoint; without it, seeded "
+                                           "checkpoint-like random weights.")
+    resolution: tuple[int, int] | None = option(None, "Input height and width (default: the variant's).",
+                                                metavar="H W")
+    window_size: tuple[int, ...] | None = option(
+        None, "Window size: one value or four comma-separated (stage 0..3), e.g. 7,7,12,6 (any-res default: "
+              "chosen to fit).", cli_type=str, parse=ints("--window-size"), text=joined)
+    ct_size: int | None = option(None, "Carrier tokens per window side (official: 2).", min=1)
+    seed: int = option(0, "Seed of the random weights used without --checkpoint.", min=0)
+    features: tuple[int, ...] | None = option(
+        None, "Backbone: output the feature maps of these stages (comma-separated, 0..3; bare --features: all "
+              "four) as feat_s4..feat_s32 instead of logits.", cli_type=str, metavar="[INDICES]",
+        parse=ints("--features"), text=joined, bare="0,1,2,3")
+    checkpoint_prefix: str = option("", "Take the checkpoint's keys under this prefix, e.g. a detector's "
+                                        "backbone.0.")
+    overrides: Mapping[str, Any] = field(default_factory=dict)  # API only: further constructor options
+
+    @property
+    def given(self) -> bool:  # type: ignore[override]
+        """True when any model option was given (an artifact's record is then checked against them)."""
+        return bool(super().changed()) or bool(self.overrides)
+
+
+@dataclass(frozen=True)
+class OutputTarget(OptionGroup):
+    """Where an artifact goes (``None``: named after the model and resolution)."""
+
+    PANEL = "Output"
+
+    output: Path | None = option(None, "Artifact path (default: named after the model and resolution).",
+                                 flags=("--output", "-o"), reproduce=False)
+    overwrite: bool = option(False, "Replace existing outputs (never a folder that is not a Core ML package).",
+                             reproduce=False)
+
+    def or_default(self, default: str | Path) -> Path:
+        return Path(self.output) if self.output is not None else Path(default)
+
+
+DEFAULT_OPT_BATCH = 8  # the batch TensorRT tunes for, kept inside the range
+
+
+@dataclass(frozen=True)
+class BatchProfile(OptionGroup):
+    """The batch sizes an artifact serves."""
+
+    PANEL = "Batch range"
+
+    min_batch: int = option(1, "Smallest batch the artifact must serve.", min=1)
+    max_batch: int = option(64, "Largest batch the artifact must serve.", min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_batch < 1 or self.max_batch < self.min_batch:
+            raise FvdeployError(f"batch range {self.min_batch}..{self.max_batch} is invalid (need 1 <= --min-batch "
+                                "<= --max-batch)")
+
+    @property
+    def range(self) -> tuple[int, int]:
+        return (self.min_batch, self.max_batch)
+
+    def clip(self, batch: int) -> int:
+        return min(max(batch, self.min_batch), self.max_batch)
+
+
+@dataclass(frozen=True)
+class TunedBatchProfile(BatchProfile):
+    """A TensorRT optimization profile: the batch range and the batch the builder tunes for."""
+
+    opt_batch: int | None = option(None, f"Batch TensorRT tunes for (default {DEFAULT_OPT_BATCH}, within the range).",
+                                   min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.opt_batch is not None and not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise FvdeployError(f"need --min-batch <= --opt-batch <= --max-batch, got {self.min_batch}, "
+                                f"{self.opt_batch}, {self.max_batch}")
+
+    @property
+    def tuned(self) -> int:
+        return self.opt_batch if self.opt_batch is not None else self.clip(DEFAULT_OPT_BATCH)
+
+    def untuned(self) -> BatchProfile:
+        return BatchProfile(self.min_batch, self.max_batch)
+
+
+# The TorchScript exporter writes opsets up to 20; the dynamo exporter cannot down-convert FasterViT
+# to 17 (ecosystem.md), and 17 is what TensorRT 8.6+ recipes use.
+SUPPORTED_OPSETS = (17, 18, 19, 20)
+
+
+class Simplifier(Choice):
+    onnxslim = "onnxslim"
+    onnxsim = "onnxsim"
+    none = "none"
+
+
+@dataclass(frozen=True)
+class OnnxOptions(OptionGroup):
+    PANEL = "ONNX"
+
+    opset: int = option(17, "ONNX opset.", min=min(SUPPORTED_OPSETS), max=max(SUPPORTED_OPSETS))
+    simplify: Simplifier = option(Simplifier.onnxslim, "Graph simplifier.")
+    external_data: bool | None = option(None, "Weights in a .data file (default: only above 2 GB).",
+                                        flags=("--external-data/--no-external-data",), negatable=True)
+    no_verify: bool = option(False, "Skip the onnxruntime parity check of the export.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.opset not in SUPPORTED_OPSETS:
+            raise FvdeployError(f"opset {self.opset} is not supported (choose {', '.join(map(str, SUPPORTED_OPSETS))})")
+
+
+@dataclass(frozen=True)
+class PrecisionFlags(OptionGroup):
+    """The precision a quantize or build-trt command makes (at most one flag)."""
+
+    PANEL = "Precision"
+
+    fp16: bool = option(False, "FP16 graph (fp32 inputs and outputs).", flags=("--fp16",))
+    int8: bool = option(False, "INT8 Q/DQ graph, the rest FP16 (needs calibration images or a cache).",
+                        flags=("--int8",))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.changed()) > 1:
+            raise FvdeployError(f"choose one of {' and '.join(self.flag(n) for n in self.changed())}")
+
+    @property
+    def precision(self) -> Precision | None:
+        chosen = self.changed()
+        return Precision(chosen[0]) if chosen else None
+
+    @classmethod
+    def of(cls, precision: Precision) -> "PrecisionFlags":
+        return cls(**{Precision(precision).value: True})
+
+
+# Op types every FP16 or INT8 graph computes in fp32 (precision policy: LayerNorm statistics).
+DEFAULT_FP32_OPS = ("LayerNormalization",)
+
+
+@dataclass(frozen=True)
+class LoweringOptions(OptionGroup):
+    PANEL = "Precision"
+
+    keep_fp32: tuple[str, ...] = option(DEFAULT_FP32_OPS, "Op type kept in fp32 (repeatable; default "
+                                                          "LayerNormalization).", repeat=True)
+
+
+class CalibrationMethod(Choice):
+    entropy = "entropy"
+    max = "max"
+    percentile = "percentile"
+
+
+class QuantBackend(Choice):
+    auto = "auto"
+    modelopt = "modelopt"
+    onnxruntime = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class CalibrationOptions(OptionGroup):
+    PANEL = "INT8 calibration"
+
+    calib_dir: Path | None = option(None, "Folder of real calibration images.")
+    calib_images: int = option(512, "Use at most this many calibration images.", min=1)
+    method: CalibrationMethod = option(CalibrationMethod.entropy, "Calibration method.")
+    calib_cache: Path | None = option(None, "Scales cache: written after calibrating, reused (validated) when present.")
+    backend: QuantBackend = option(QuantBackend.auto, "auto: ModelOpt if installed, else onnxruntime.")
+    exclude: tuple[str, ...] = option((), "Node-name pattern kept out of INT8 (repeatable).", repeat=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.calib_images < 1:
+            raise FvdeployError("--calib-images must be at least 1")
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.calib_cache is not None and Path(self.calib_cache).is_file()
+
+
+@dataclass(frozen=True)
+class BuilderOptions(OptionGroup):
+    """TensorRT builder settings (the batch profile is a TunedBatchProfile)."""
+
+    PANEL = "TensorRT builder"
+
+    timing_cache: Path | None = option(None, "Timing cache file: loaded if present, saved after.")
+    workspace: float | None = option(None, "Workspace memory limit in GiB.", min=0.0)
+    opt_level: int | None = option(None, "Builder optimization level (TensorRT's default 3).", min=0, max=5)
+    version_compatible: bool = option(False, "Engine loadable by later TensorRT versions.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
+            raise FvdeployError("--opt-level must be 0..5")
+        if self.workspace is not None and self.workspace <= 0:
+            raise FvdeployError("--workspace must be positive (GiB)")
+
+
+class ComputeUnits(Choice):
+    all = "all"
+    cpu_and_ne = "cpu_and_ne"
+    cpu_and_gpu = "cpu_and_gpu"
+    cpu_only = "cpu_only"
+
+
+class DeploymentTarget(Choice):
+    iOS16 = "iOS16"
+    iOS17 = "iOS17"
+    iOS18 = "iOS18"
+    macOS13 = "macOS13"
+    macOS14 = "macOS14"
+    macOS15 = "macOS15"
+
+
+MULTIFUNCTION_TARGETS = (DeploymentTarget.iOS18, DeploymentTarget.macOS15)
+
+
+def _hw(texts: tuple[str, ...] | list[str] | None) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for text in texts or ():
+        if isinstance(text, tuple):
+            sizes.append(text)
+            continue
+        try:
+            h, w = (int(v) for v in text.lower().split("x"))
+        except ValueError as err:
+            raise FvdeployError(f"--resolutions takes HxW, got {text!r}") from err
+        sizes.append((h, w))
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class CoreMLOptions(OptionGroup):
+    PANEL = "Core ML"
+
+    precision: Precision = option(Precision.fp16, "Compute precision.", choices=(Precision.fp16, Precision.fp32))
+    max_batch: int = option(1, "Flexible batch 1..N (1: fixed).", min=1)
+    compute_units: ComputeUnits = option(ComputeUnits.all, "Default compute units when loading.")
+    deployment_target: DeploymentTarget = option(DeploymentTarget.iOS17, "Minimum OS.")
+    raw_logits: bool = option(False, "Output logits instead of a classifier.")
+    resolutions: tuple[tuple[int, int], ...] = option(
+        (), "Extra HxW (any-res; one function each; needs --deployment-target iOS18 or macOS15).", cli_type=list[str],
+        repeat=True, parse=_hw, text=lambda hw: [f"{hw[0]}x{hw[1]}"])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_batch < 1:
+            raise FvdeployError("--max-batch must be at least 1")
+        if self.precision not in self.declaration("precision").choices:
+            raise FvdeployError(f"Core ML computes in fp16 or fp32, not {self.precision}")
+        if self.resolutions and self.deployment_target not in MULTIFUNCTION_TARGETS:
+            raise FvdeployError("several resolutions make a multifunction package: use --deployment-target iOS18 "
+                                "or macOS15")
+
+
+class Provider(Choice):
+    """onnxruntime execution providers fvdeploy can ask for."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+@dataclass(frozen=True)
+class RunOptions(OptionGroup):
+    PANEL = "Runtime"
+
+    provider: Provider = option(Provider.cpu, "onnxruntime execution provider (cuda and tensorrt need "
+                                              "onnxruntime-gpu).")
+    threads: int | None = option(None, "CPU threads for onnxruntime and PyTorch.", min=1)
+
+
+@dataclass(frozen=True)
+class OnnxSource(OptionGroup):
+    """build-trt's input graph (or --model to export one first)."""
+
+    onnx: Path | None = option(None, "ONNX to build (from export-onnx or quantize).", flags=("--onnx",))
+
+
+@dataclass(frozen=True)
+class ImagesOption(OptionGroup):
+    images: Path | None = option(None, "Folder of images for the parity figures (default: scikit-image's photos).")
+
+
+class TritonBackend(Choice):
+    auto = "auto"  # tensorrt for .plan, onnxruntime for .onnx
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+    python = "python"  # the ONNX on onnxruntime inside Triton's Python backend (CPU hosts, tests)
+
+
+class InstanceKind(Choice):
+    auto = "auto"  # GPU for plans and the onnxruntime backend, CPU for the python backend
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+@dataclass(frozen=True)
+class TritonOptions(OptionGroup):
+    PANEL = "Triton"
+
+    repository: Path | None = option(None, "Model repository folder (created if missing).", required=True)
+    name: tuple[str, ...] = option((), "Model name, one per artifact (default: model, resolution and precision).",
+                                   repeat=True)
+    version: int = option(1, "Version folder.", min=1)
+    instances: int = option(1, "Model instances (instance_group count).", min=1)
+    max_queue_delay_us: int = option(100, "Dynamic batching: longest wait to fill a batch.", min=0)
+    preferred_batch: tuple[int, ...] = option((), "Preferred batch sizes (default: 4, 8, 16, 32 within the batch "
+                                                  "range).", cli_type=list[str], repeat=True,
+                                              parse=lambda v: ints("--preferred-batch")(v) or ())
+    backend: TritonBackend = option(TritonBackend.auto, "auto: tensorrt for .plan, onnxruntime for .onnx; python: "
+                                                        "the ONNX on onnxruntime in Triton's Python backend (CPU).")
+    instance_kind: InstanceKind = option(InstanceKind.auto, "auto: GPU, CPU for the python backend.")
+    ort_tensorrt: bool = option(False, "onnxruntime backend on a GPU host: TensorRT accelerator, FP16, engine cache.",
+                                flags=("--ort-tensorrt",))
+    preprocess: bool = option(False, "Add a preprocessing model and an ensemble that take encoded JPEG/PNG bytes.",
+                              flags=("--preprocess",))
+    overwrite: bool = option(False, "Replace models of the same name.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.repository is None:
+            raise FvdeployError("give --repository DIR")

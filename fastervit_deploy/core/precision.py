@@ -1,0 +1,42 @@
+"""Numeric precisions of artifacts, and the tolerances that judge them against FP32."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from .declare import Choice, OptionGroup, option
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+    @property
+    def quantized(self) -> bool:
+        """Q/DQ graphs (calibrated scales)."""
+        return self is Precision.int8
+
+
+@dataclass(frozen=True)
+class Tolerance(OptionGroup):
+    PANEL = "Tolerances (default: per precision)"
+
+    max_abs: float | None = option(None, "Maximum |Δ| of any output value.", min=0.0)
+    min_cosine: float | None = option(None, "Minimum cosine per image.", min=-1.0, max=1.0)
+    min_top1: float | None = option(None, "Minimum top-1 agreement, a fraction (0.95 = 95 %).", min=0.0, max=1.0)
+
+    def override(self, other: "Tolerance") -> "Tolerance":
+        """``other``'s values where it has one (command-line overrides over per-precision defaults)."""
+        return replace(self, **{k: v for k, v in asdict(other).items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# fp32 must match to rounding; reduced precisions are judged by direction (cosine) and decisions.
+TOLERANCES = {
+    Precision.fp32: Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0),
+    Precision.fp16: Tolerance(min_cosine=0.999, min_top1=0.9),
+    Precision.int8: Tolerance(min_cosine=0.99, min_top1=0.8),
+}

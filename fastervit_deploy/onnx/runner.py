@@ -1,0 +1,79 @@
+"""onnxruntime as a runner: one session per artifact, checked against the artifact's record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core.dtypes import from_ort
+from ..core.options import Provider
+from ..core.record import ArtifactRecord
+from ..core.runner import Outputs, Runner
+from ..system.errors import FvdeployError, MissingDependency
+from .metadata import embedded_record
+
+ORT_PROVIDERS = {
+    Provider.cpu: ("CPUExecutionProvider",),
+    Provider.cuda: ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    Provider.tensorrt: ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+def ort_providers(provider: Provider) -> list[str]:
+    """The providers to ask onnxruntime for, or one line saying why this onnxruntime cannot."""
+    import onnxruntime as ort
+
+    wanted = ORT_PROVIDERS[Provider(provider)]
+    if wanted[0] not in ort.get_available_providers():
+        raise MissingDependency(
+            f"--provider {Provider(provider).value} needs {wanted[0]}, which this onnxruntime does not have "
+            f"(it has {', '.join(ort.get_available_providers())}); install onnxruntime-gpu on a CUDA machine")
+    return list(wanted)
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
+class OnnxRuntimeRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, record: ArtifactRecord | None = None, provider: Provider = Provider.cpu,
+                 threads: int | None = None, batch_range: tuple[int, int] | None = None) -> None:
+        path = Path(path)
+        if record is None:  # the identity the file carries
+            record = embedded_record(path)
+            if record is None:
+                raise FvdeployError(f"{path.name} has no fvdeploy record: open it with open_artifact and model options")
+        super().__init__(record.inputs, record.outputs, batch_range or record.batch_range)
+        self.path, self.provider, self.threads = path, Provider(provider), threads
+        self.session = None
+        if self.provider is not Provider.cpu:
+            self.name = f"onnxruntime-{self.provider.value}"
+
+    def activate(self) -> None:
+        import onnxruntime as ort
+
+        providers = ort_providers(self.provider)
+        try:
+            self.session = ort.InferenceSession(str(self.path), session_options(self.threads), providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise FvdeployError(f"onnxruntime cannot load {self.path.name}: {str(err).splitlines()[0]}") from err
+        if self.session.get_providers()[0] != providers[0]:  # onnxruntime falls back silently
+            raise MissingDependency(f"onnxruntime could not start {providers[0]} here (missing CUDA libraries?)")
+        described = lambda args: [(a.name, tuple(a.shape[1:]), from_ort(a.type).name) for a in args]  # noqa: E731
+        self.agree(self.path.name, described(self.session.get_inputs()), described(self.session.get_outputs()))
+
+    def deactivate(self) -> None:
+        self.session = None
+
+    def _infer(self, batch: np.ndarray) -> Outputs:
+        values = self.session.run([o.name for o in self.outputs], {self.input.name: batch})
+        return {spec.name: v for spec, v in zip(self.outputs, values)}

@@ -1,0 +1,219 @@
+"""INT8 calibration: images streamed in bounded chunks, scales shared by both backends, a checked cache.
+
+* Images are read, preprocessed and fed a chunk at a time (an onnxruntime ``CalibrationDataReader``);
+  onnxruntime's own calibrators (entropy, max, percentile) accumulate their histograms or ranges chunk
+  by chunk, so memory is bounded by one chunk of activations, whatever the number of images.
+* Unreadable files are skipped and reported; every image mode (grey, RGBA, CMYK, 16-bit) is converted.
+* The result is a set of per-tensor activation scales (symmetric int8: amax / 127). Both backends
+  quantize from these scales, so the same command gives the same INT8 graph whichever is installed.
+* Scales are stored as a TensorRT calibration cache (``TRT-...`` header, ``tensor: <float32 hex>``),
+  the format ModelOpt reads; a cache is validated (format, and a scale for every tensor this graph
+  needs) before it is trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from ..system.errors import FvdeployError
+from ..data.images import list_images, preprocess, to_rgb
+from ..core.model_spec import Preprocessing
+from ..core.options import CalibrationMethod
+
+INT8_MAX = 127.0
+CACHE_HEADER = "TRT-10000-EntropyCalibration2"
+CHUNK_BUDGET_BYTES = 384 * 2**20  # activations kept per chunk while calibrating
+MAX_CHUNK = 8
+MIN_RECOMMENDED_IMAGES = 500  # NVIDIA's recommendation for PTQ calibration
+
+
+class ImageReader:
+    """onnxruntime ``CalibrationDataReader``: images opened and preprocessed only when asked for.
+
+    ``set_range`` limits the next pass to images ``[start, end)``; each ``get_next`` returns them as one
+    batch. Unreadable files are skipped (``skipped`` lists them with the reason); ``digest`` covers the
+    relative path and bytes of every image used, in order.
+    """
+
+    def __init__(self, folder: Path, files: list[Path], input_name: str, size: tuple[int, int], pre: Preprocessing) -> None:
+        self.folder, self.files, self.input_name, self.size, self.pre = folder, files, input_name, size, pre
+        self.skipped: list[str] = []
+        self.used = 0
+        self._hash = hashlib.sha256()
+        self._seen: set[int] = set()
+        self._batch: tuple[tuple[int, int], np.ndarray | None] | None = None
+        self.set_range(0, len(files))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, end_index
+        self.rewind()
+
+    def rewind(self) -> None:
+        self.pos = self.start
+
+    def _load(self, index: int) -> np.ndarray | None:
+        path = self.files[index]
+        try:
+            data = path.read_bytes()
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as img:
+                array = preprocess(to_rgb(img), self.size, self.pre)
+        except (OSError, ValueError, SyntaxError) as err:
+            if index not in self._seen:
+                self.skipped.append(f"{path.name} ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+            self._seen.add(index)
+            return None
+        if index not in self._seen:
+            self._seen.add(index)
+            self.used += 1
+            self._hash.update(str(path.relative_to(self.folder)).encode() + b"\0" + data)
+        return array
+
+    def batch(self) -> np.ndarray | None:
+        """The current range's images (loaded once; None when none of them can be read)."""
+        key = (self.start, self.end)
+        if self._batch is None or self._batch[0] != key:
+            arrays = [a for a in (self._load(i) for i in range(*key)) if a is not None]
+            self._batch = (key, np.stack(arrays) if arrays else None)
+        return self._batch[1]
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.pos >= self.end or self.batch() is None:
+            return None
+        self.pos = self.end
+        return {self.input_name: self.batch()}
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@dataclass
+class Calibration:
+    scales: dict[str, float]  # activation tensor name -> symmetric int8 scale (amax / 127)
+    source: str  # "images" or "cache"
+    facts: dict = field(default_factory=dict)  # counts, chunk shape, image-list hash (for the record)
+
+
+def _tensor_bytes(model: onnx.ModelProto, names: set[str]) -> int:
+    """Bytes one image's worth of ``names`` occupies (shape inference; batch counted as 1)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    total = 0
+    for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        if v.name in names:
+            dims = [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+            total += 4 * math.prod(dims)
+    return total
+
+
+def chunk_size(model: onnx.ModelProto, needed: set[str]) -> int:
+    """Images per calibration pass: as many as fit the activation budget, 1 to 8."""
+    per_image = max(_tensor_bytes(model, needed), 1)
+    return int(min(MAX_CHUNK, max(1, CHUNK_BUDGET_BYTES // per_image)))
+
+
+def _calibrator(method: CalibrationMethod, model_path: Path, needed: set[str], augmented: Path):
+    """onnxruntime's calibrator for ``method``, recording only the ``needed`` tensors (not every input
+    and output of every node of their types: several times the memory and time)."""
+    from onnxruntime.quantization import calibrate as ort
+
+    base, settings = {
+        CalibrationMethod.entropy: (ort.EntropyCalibrater, {"num_bins": 128, "num_quantized_bins": 128}),
+        CalibrationMethod.max: (ort.MinMaxCalibrater, {}),
+        CalibrationMethod.percentile: (ort.PercentileCalibrater, {"num_bins": 2048, "percentile": 99.999}),
+    }[method]
+
+    class OnlyNeeded(base):
+        def select_tensors_to_calibrate(self, model):
+            tensors, value_infos = super().select_tensors_to_calibrate(model)
+            return tensors & needed, value_infos
+
+    calibrator = OnlyNeeded(model_path, None, str(augmented), symmetric=True, **settings)
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    return calibrator
+
+
+def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size: tuple[int, int], pre: Preprocessing,
+              method: CalibrationMethod, workdir: Path, note: Callable[[str], None]) -> Calibration:
+    """Scales for the ``needed`` activation tensors from real images, streamed in chunks."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    files = list_images(folder, limit)
+    if len(files) < min(limit, MIN_RECOMMENDED_IMAGES):
+        note(f"calibrating on {len(files)} images (NVIDIA recommends {MIN_RECOMMENDED_IMAGES} or more)")
+    reader = ImageReader(folder, files, model.graph.input[0].name, size, pre)
+    chunk = chunk_size(model, needed)
+    calibrator = _calibrator(method, model_path, needed, workdir / "augmented.onnx")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime's histogram collectors print progress
+            for start in range(0, len(files), chunk):
+                reader.set_range(start, min(start + chunk, len(files)))
+                if reader.batch() is not None:  # None: every file of this chunk is unreadable
+                    calibrator.collect_data(reader)
+            if not reader.used:
+                raise FvdeployError(f"no readable image in {folder} ({reader.skipped[0]})")
+            ranges = calibrator.compute_data()
+    finally:
+        del calibrator
+    if reader.skipped:
+        note(f"skipped {len(reader.skipped)} unreadable files: {', '.join(reader.skipped[:3])}")
+    scales = {}
+    for name in sorted(needed):
+        if name not in ranges:
+            raise FvdeployError(f"calibration gave no range for tensor {name}")
+        low, high = (float(np.asarray(v).reshape(-1)[0]) for v in ranges[name].range_value)
+        scales[name] = max(abs(low), abs(high), 1e-8) / INT8_MAX
+    return Calibration(scales, "images", {
+        "images": reader.used, "skipped": reader.skipped, "files_listed": len(files), "images_sha256": reader.digest,
+        "chunk_shape": [chunk, 3, *size], "method": method.value, "tensors": len(scales)})
+
+
+def cache_text(scales: dict[str, float]) -> str:
+    """The scales as a TensorRT calibration cache (what ModelOpt and `--calib-cache` read)."""
+    lines = [f"{name}: {struct.pack('!f', scale).hex()}" for name, scale in sorted(scales.items())]
+    return CACHE_HEADER + "\n" + "\n".join(lines) + "\n"
+
+
+def read_cache(path: Path, needed: set[str]) -> Calibration:
+    """Scales from a TensorRT-format cache, refused unless well formed and complete for this graph."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise FvdeployError(f"calibration cache {path} is not a text cache") from err
+    if not lines or not lines[0].startswith("TRT-") or "Calibration" not in lines[0]:
+        raise FvdeployError(f"calibration cache {path} is not a TensorRT calibration cache (first line "
+                            f"{lines[0][:40]!r} should be like {CACHE_HEADER!r})" if lines else
+                            f"calibration cache {path} is empty")
+    scales = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        name, sep, value = line.rpartition(": ")
+        try:
+            scale = struct.unpack("!f", bytes.fromhex(value))[0]
+        except (ValueError, struct.error):
+            scale = float("nan")
+        if not sep or not name or not math.isfinite(scale) or scale <= 0:
+            raise FvdeployError(f"calibration cache {path}, line {number}: expected 'tensor: <8 hex digits>' with a "
+                                f"positive scale, got {line[:60]!r}")
+        scales[name] = scale
+    missing = sorted(needed - set(scales))
+    if missing:
+        raise FvdeployError(f"calibration cache {path} has no scale for {len(missing)} of the {len(needed)} tensors this "
+                            f"graph quantizes (e.g. {missing[0]}): it was made for another model; pass --calib-dir "
+                            "to recalibrate")
+    return Calibration({n: scales[n] for n in sorted(needed)}, "cache", {"tensors": len(needed), "images": 0})

@@ -1,0 +1,154 @@
+"""Run a model repository on this machine with the `tritonserver` that the nvidia-pytriton wheel ships (CPU).
+
+The wheel holds a real Triton server and its Python backend; this module lays out a backend folder with the
+stub for the running Python, and starts the server on 127.0.0.1 with the environment its Python models need:
+numpy 1.x for the stub (its pybind11 predates numpy 2; `make install` puts numpy 1.26 in
+`.venv/triton-stub`) ahead of this environment's packages (onnxruntime, pillow).
+Usage: python -m fastervit_deploy.triton_local REPOSITORY [--http-port 8000]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from ..system import lifecycle
+from ..system.errors import FvdeployError, MissingDependency
+from ..system.files import scratch_folder
+
+STUB_NUMPY = Path(sys.prefix) / "triton-stub"
+SERVER_WHEEL = Path(sys.prefix) / "triton-server"  # `make install` puts nvidia-pytriton here (--target)
+
+
+def wheel_root() -> Path:
+    """The wheel's ``pytriton`` folder: in the venv's triton-server folder, else wherever Python finds it."""
+    roots = [SERVER_WHEEL / "pytriton"]
+    spec = importlib.util.find_spec("pytriton")
+    if spec is not None and spec.submodule_search_locations:
+        roots.append(Path(next(iter(spec.submodule_search_locations))))
+    for root in roots:
+        if (root / "tritonserver" / "bin" / "tritonserver").is_file():
+            return root
+    raise MissingDependency("nvidia-pytriton is not installed: its wheel carries the tritonserver binary "
+                            "(make install puts it in .venv/triton-server)")
+
+
+def backend_folder(work: Path) -> Path:
+    """backends/python with the wheel's backend library, its utilities and the stub for this Python."""
+    server = wheel_root() / "tritonserver"
+    stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise MissingDependency(f"the tritonserver wheel has no Python-backend stub for Python {sys.version_info[:2]}")
+    python = work / "backends" / "python"
+    python.mkdir(parents=True)
+    for item in (server / "backends" / "python").iterdir():
+        if item.is_file():
+            os.symlink(item, python / item.name)
+    shutil.copy2(stub, python / stub.name)
+    return work / "backends"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalTritonServer:
+    """``with LocalTritonServer(repo) as server: server.url`` - started, ready, and always stopped."""
+
+    def __init__(self, repository: Path, http_port: int | None = None, ready_timeout_s: float = 120) -> None:
+        self.repository = Path(repository).resolve()  # the Python backend needs absolute model paths
+        self.port = http_port or free_port()
+        self.ready_timeout_s = ready_timeout_s
+        self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LocalTritonServer":
+        self._stack = contextlib.ExitStack()
+        try:
+            self._start()
+            self._wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _start(self) -> None:
+        work = self._stack.enter_context(scratch_folder(prefix="fvdeploy-triton-"))
+        root = wheel_root()
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(root.parent / "nvidia_pytriton.libs"),
+                                                             env.get("LD_LIBRARY_PATH", "")) if p)
+        env["FVDEPLOY_PYTHONPATH"] = os.pathsep.join([str(STUB_NUMPY), sysconfig.get_paths()["purelib"]])
+        self.log_path = work / "server.log"
+        command = [str(root / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(self.repository),
+                   "--backend-directory", str(backend_folder(work)), "--http-address", "127.0.0.1",
+                   "--http-port", str(self.port), "--allow-grpc", "false", "--allow-metrics", "false",
+                   "--exit-on-error", "true"]
+        # Registered before the server exists: it runs in its own session, so only we can stop it.
+        self._stack.enter_context(lifecycle.on_end(self._kill))
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+
+    def _kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+
+    def _wait_ready(self) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise FvdeployError(f"tritonserver exited ({self.process.returncode}): {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise FvdeployError(f"tritonserver not ready after {self.ready_timeout_s:.0f} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+        return " | ".join(line for line in text.splitlines() if line.startswith("E") or "error" in line)[-800:] or \
+            " | ".join(text.splitlines()[-lines:])
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._stack.close()  # the server's folder (logs, backend) and its registration with ``lifecycle``
+
+
+def main(argv: list[str]) -> None:
+    port = int(argv[argv.index("--http-port") + 1]) if "--http-port" in argv else 8000
+    with LocalTritonServer(Path(argv[0]), port) as server:
+        print(f"tritonserver ready at http://{server.url} (Ctrl-C stops it)", flush=True)
+        try:
+            server.process.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

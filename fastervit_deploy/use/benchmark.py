@@ -1,0 +1,158 @@
+"""Latency and throughput of runners on this machine, measured interleaved so they see the same load."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ..artifact import open_artifact
+from ..core.options import ModelRequest, RunOptions
+from ..core.reference import TorchRunner
+from ..system.errors import FvdeployError
+from ..system.files import atomic_output
+from ..system.progress import progress_bar
+
+
+@dataclass
+class Timing:
+    runner: str
+    batch: int
+    samples_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        s = np.asarray(self.samples_ms)
+        median = float(np.median(s))
+        return {"runner": self.runner, "batch": self.batch, "iterations": int(s.size), "mean_ms": float(s.mean()),
+                "p50_ms": median, "p90_ms": float(np.percentile(s, 90)), "p99_ms": float(np.percentile(s, 99)),
+                "min_ms": float(s.min()), "throughput_ips": self.batch * 1000.0 / median}
+
+
+def measure(runners: dict[str, Callable[[np.ndarray], object]], batches: dict[int, np.ndarray], warmup: int,
+            iterations: int, console: Console | None = None) -> list[dict]:
+    """Round-robin over runners for each batch size: one call each per round, warm-up rounds excluded."""
+    results = []
+    total = len(batches) * (warmup + iterations)
+    with progress_bar(console or Console(stderr=True)) as bar:
+        task = bar.add_task("benchmarking", total=total)
+        for batch_size, batch in batches.items():
+            timings = {name: Timing(name, batch_size) for name in runners}
+            for i in range(warmup + iterations):
+                for name, fn in runners.items():
+                    start = time.perf_counter()
+                    fn(batch)
+                    took = (time.perf_counter() - start) * 1000.0
+                    if i >= warmup:
+                        timings[name].samples_ms.append(took)
+                bar.advance(task)
+            results.extend(t.summary() for t in timings.values())
+    return results
+
+
+def ratios(results: list[dict], baseline: str) -> dict[str, dict[int, float]]:
+    """Speed of every runner relative to ``baseline`` (p50 latency ratio; > 1 means faster)."""
+    base = {r["batch"]: r["p50_ms"] for r in results if r["runner"] == baseline}
+    out: dict[str, dict[int, float]] = {}
+    for r in results:
+        if r["runner"] != baseline and r["batch"] in base:
+            out.setdefault(r["runner"], {})[r["batch"]] = base[r["batch"]] / r["p50_ms"]
+    return out
+
+
+def results_table(results: list[dict], title: str = "latency (ms) and throughput") -> Table:
+    table = Table(title=title)
+    table.add_column("runner", overflow="fold")
+    for col in ("batch", "p50", "p90", "p99", "mean", "img/s"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(r["runner"], str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['mean_ms']:.2f}", f"{r['throughput_ips']:.1f}")
+    return table
+
+
+def machine(threads: int | None) -> dict:
+    """What the figures depend on: CPU, cores, threads used, and the tool versions."""
+    from ..core.record import tool_versions
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads or os.cpu_count(), "system": platform.system(),
+            "versions": tool_versions()}
+
+
+def plot(results: list[dict], path: Path, info: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.4))
+    sizes = sorted({r["batch"] for r in results})
+    for name in dict.fromkeys(r["runner"] for r in results):
+        rows = sorted((r for r in results if r["runner"] == name), key=lambda r: r["batch"])
+        xs = [r["batch"] for r in rows]
+        ax1.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=name)
+        ax2.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=name)
+    ax1.set(xlabel="batch", ylabel="p50 latency (ms)", title="latency", xscale="log", yscale="log")
+    ax2.set(xlabel="batch", ylabel="images / s", title="throughput", xscale="log")
+    for ax in (ax1, ax2):
+        ax.set_xticks(sizes, [str(n) for n in sizes])  # labelled at the measured batch sizes, nothing between
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    versions = info["versions"]
+    fig.suptitle(f"{info['cpu']}, {info['threads']} of {info['cores']} threads; onnxruntime "
+                 f"{versions.get('onnxruntime', versions.get('onnxruntime-gpu', '-'))}, torch {versions.get('torch', '-')}",
+                 fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def synthetic_batches(sizes: Sequence[int], shape: tuple[int, int, int], seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal((n, *shape), dtype=np.float32) for n in sizes}
+
+
+def benchmark(paths: list[Path], model: ModelRequest, runtime: RunOptions, sizes: tuple[int, ...], warmup: int, iterations: int,
+              pytorch: bool, console: Console) -> dict:
+    """Open every artifact, check they take one input size and the batch sizes, time them interleaved."""
+    if min(sizes) < 1:
+        raise FvdeployError("batch sizes must be at least 1")
+    arts = [open_artifact(a, model) for a in paths]
+    first = arts[0]
+    for art in arts[1:]:
+        if art.model.input.shape != first.model.input.shape:
+            raise FvdeployError(f"{art.path.name} takes [N, {', '.join(map(str, art.model.input.shape))}] but "
+                                f"{first.path.name} takes [N, {', '.join(map(str, first.model.input.shape))}]: "
+                                "benchmark artifacts of one input size together")
+    for art in arts:
+        low, high = art.record.batch_range
+        outside = [n for n in sizes if not low <= n <= high]
+        if outside:
+            raise FvdeployError(f"batch {outside[0]} is outside {art.path.name}'s batch range {low}..{high}")
+    desc = first.model
+    fns = {}
+    with contextlib.ExitStack() as stack:
+        for art in arts:
+            runner = stack.enter_context(art.runner(runtime))
+            fns[f"{runner.name}:{art.path.name}"] = runner.infer
+        if pytorch:
+            fns["pytorch-eager"] = stack.enter_context(
+                TorchRunner(desc.build(), desc.input, desc.outputs, threads=runtime.threads)).infer
+        results = measure(fns, synthetic_batches(sizes, desc.input.shape), warmup, iterations, console)
+    return {"results": results, "model": desc.name, "machine": machine(runtime.threads)}

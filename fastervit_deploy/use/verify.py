@@ -1,0 +1,33 @@
+"""`fvdeploy verify`: an artifact against PyTorch on real images (errors, cosine, top-1/top-5 agreement)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..artifact import open_artifact
+from ..core.options import ModelRequest, RunOptions
+from ..core.parity import report_lines, run_parity
+from ..core.precision import TOLERANCES, Tolerance
+from ..core.reference import TorchRunner
+from ..core.runner import in_output_space
+from ..data.images import batch_of, load_batch
+from ..system.progress import Steps
+
+
+def verify(path: Path, model: ModelRequest, tolerance: Tolerance, runtime: RunOptions, images: Path | None,
+           batch: int, steps: Steps) -> dict:
+    """The parity figures of ``path`` against the PyTorch model its record names (``passed`` says the verdict)."""
+    art = open_artifact(path, model)
+    desc, record = art.model, art.record
+    tol = TOLERANCES[record.precision].override(tolerance)
+    runner = art.runner(runtime)  # before the reference is built: a runtime this machine lacks is said at once
+    with steps("building PyTorch reference"):
+        torch_model = desc.build(steps.note)
+        photos = batch_of(load_batch(desc.resolution, desc.preprocessing, images), batch)
+    with steps(f"running {art.format.description}"), runner, \
+            TorchRunner(torch_model, desc.input, desc.outputs, threads=runtime.threads) as reference:
+        result = run_parity(lambda b: in_output_space(reference.infer(b), runner.outputs), runner, [photos], tol)
+    result.update(artifact=str(art.path), runner=runner.name, precision=record.precision.value, model=desc.name)
+    for line in report_lines(result):
+        steps.note(f"{record.precision}: {line}")
+    return result
