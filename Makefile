@@ -44,6 +44,7 @@ test-all: install
 bench: install
 	$(BIN)/python benchmarks/onnx_vs_plain.py
 	$(BIN)/python benchmarks/simplifiers.py
+	$(BIN)/python benchmarks/evaluate_memory.py
 
 clean:
 	rm -rf $(VENV) build

@@ -93,3 +93,44 @@ def pytest_configure(config):
     # Locally the shared reference data may be absent (its tests then skip); CI must run them.
     if os.environ.get("CI") and not GOLDEN.is_dir():
         raise pytest.UsageError(f"CI needs the shared reference data at {SHARED} (golden tensors, key lists)")
+
+
+DIGITS_CKPT = ROOT / "fastervit_deploy" / "data" / "digits_fastervit.pth.tar"
+
+
+@pytest.fixture(scope="session")
+def digits_folder(shared_dir) -> Path:
+    """scikit-learn's 360 held-out digits as an ImageFolder (class folders 0..9), made once per run."""
+
+    def write(path: Path) -> None:
+        from fastervit_deploy.data.datasets import digits_split
+
+        _, _, test, labels = digits_split()
+        for i, (img, label) in enumerate(zip(test, labels)):
+            (path / str(label)).mkdir(parents=True, exist_ok=True)
+            img.save(path / str(label) / f"{i:04d}.png")
+
+    return shared(shared_dir, "digits_test", write)
+
+
+@pytest.fixture(scope="session")
+def digits_artifacts(shared_dir) -> dict[str, Path]:
+    """The committed digits model as FP32, FP16 and INT8 ONNX (onnxruntime backend, 256 calibration images)."""
+
+    def make(path: Path) -> None:
+        from fastervit_deploy.core.options import CalibrationOptions, ModelRequest, OnnxOptions, OutputTarget, QuantBackend
+        from fastervit_deploy.data.datasets import digits_split, write_folder
+        from fastervit_deploy.plan import plan_export, plan_quantize
+        from tests.helpers import quiet_steps
+
+        path.mkdir()
+        fp32 = path / "digits.onnx"
+        plan_export(ModelRequest("faster_vit_0_224", checkpoint=DIGITS_CKPT), OutputTarget(fp32),
+                    OnnxOptions(no_verify=True)).run(quiet_steps())
+        plan_quantize(fp32, "fp16", OutputTarget(path / "digits_fp16.onnx")).run(quiet_steps())
+        calib = write_folder(digits_split()[0][:256], path / "calib")
+        plan_quantize(fp32, "int8", OutputTarget(path / "digits_int8.onnx"),
+                      CalibrationOptions(calib_dir=calib, backend=QuantBackend.onnxruntime)).run(quiet_steps())
+
+    root = shared(shared_dir, "digits_artifacts", make)
+    return {"fp32": root / "digits.onnx", "fp16": root / "digits_fp16.onnx", "int8": root / "digits_int8.onnx"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastervit_deploy.coreml.export import ImageClassifier
-from fastervit_deploy.data.labels import imagenet_names
+from fastervit_deploy.core.classes import imagenet_names
 from fastervit_deploy.core.model_spec import resolve_model
 from fastervit_deploy.core.options import CoreMLOptions, DeploymentTarget, OutputTarget
 from fastervit_deploy.plan import plan_coreml
@@ -117,3 +117,20 @@ def test_predictions_match_pytorch_on_macos(tmp_path):
     result = cli("verify", out, "--batch", 4)
     assert result.exit_code == 0, result.output
     assert np.isfinite(record.parity["overall"]["cosine_min"])
+
+
+def test_the_classifier_names_the_models_own_classes(tmp_path):
+    names = [f"kind-{i}" for i in range(10)]
+    (tmp_path / "names.txt").write_text("\n".join(names))
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    out = tmp_path / "named.mlpackage"
+    result = cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--labels", tmp_path / "names.txt",
+                 "-o", out)
+    assert result.exit_code == 0, result.output
+    spec = ct.models.MLModel(str(out), skip_model_load=True).get_spec()  # the saved package, read back
+    (classify,) = [op for op in spec.mlProgram.functions["main"].block_specializations["CoreML7"].operations
+                   if op.type == "classify"]
+    labels = [v.immediateValue.tensor.strings.values[0]
+              for v in classify.inputs["classes"].arguments[0].value.immediateValue.list.values]
+    assert labels == names
+    assert "probabilities of 10 classes" in spec.description.metadata.shortDescription

@@ -260,7 +260,7 @@ def _groups_samples():
     # Every reproduced field of each group away from its default (PrecisionFlags: one flag at a time).
     return [
         ModelRequest("faster_vit_0_any_res", checkpoint=Path("ck.pth"), resolution=(160, 288), window_size=(7, 7, 12, 6),
-                     ct_size=3, seed=4, features=(1, 3), checkpoint_prefix="backbone.0."),
+                     ct_size=3, seed=4, features=(1, 3), checkpoint_prefix="backbone.0.", labels=Path("names.txt")),
         BatchProfile(2, 6), TunedBatchProfile(2, 6, 4),
         OnnxOptions(18, Simplifier.none, False, True), OnnxOptions(external_data=True),
         PrecisionFlags(fp16=True), PrecisionFlags(int8=True),

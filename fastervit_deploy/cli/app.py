@@ -83,6 +83,7 @@ COMMANDS: tuple[tuple[str, Callable], ...] = (
     ("verify", commands.verify),
     ("benchmark", commands.benchmark),
     ("predict", commands.predict),
+    ("evaluate", commands.evaluate),
     ("quantize", commands.quantize),
     ("build-trt", commands.build_trt),
     ("coreml", commands.coreml),

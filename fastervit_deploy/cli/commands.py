@@ -182,6 +182,58 @@ def benchmark(
         console.print(f"plot written to {plot_path}")
 
 
+def evaluate(
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="Artifacts to evaluate (none: PyTorch alone, from "
+                                                                    "--model).", metavar="[ARTIFACT]...")] = None,
+    data: Annotated[Path, typer.Option("--data", help="Labelled images: one folder per class (ImageFolder), or a "
+                                                      "folder with --labels-file.")] = ...,
+    labels_file: Annotated[Optional[Path], typer.Option(help="'file label' lines or CSV (ImageNet's validation "
+                                                             "layout); labels: class names, synsets or indices.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Compare with this artifact (e.g. the FP32 ONNX) instead of "
+                                                           "PyTorch rebuilt from the first artifact's record.")] = None,
+    model: ModelRequest = ModelRequest(),
+    runtime: RunOptions = RunOptions(),
+    batch: Annotated[int, typer.Option(min=1, help="Images read and run at a time.")] = 32,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate a seeded subset of this many images, spread "
+                                                             "over the classes.")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="Exit 1 if an artifact's top-1 is more than this "
+                                                                    "many points below the reference's.")] = None,
+    speed: Annotated[bool, typer.Option("--speed", help="Also time every artifact (p50 latency, img/s), interleaved, "
+                                                        "after the accuracy pass.")] = False,
+    speed_batch: Annotated[int, typer.Option(min=1, help="Batch size of the --speed timing.")] = 8,
+    iterations: Annotated[int, typer.Option(min=1, help="Timed rounds of --speed.")] = 10,
+    json_path: JsonOpt = None,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Confusion matrices as PNG (up to 100 "
+                                                                     "classes).")] = None,
+    speed_plot: Annotated[Optional[Path], typer.Option(help="Accuracy against latency as PNG (with --speed).")] = None,
+) -> None:
+    """Accuracy on labelled images for each artifact beside a reference: top-1/top-5, drop, agreement, per class."""
+    _check_json(json_path)
+    for path in (plot_path, speed_plot):
+        if path is not None:
+            check_output(path, True, ".png")
+    if speed_plot is not None and not speed:
+        raise FvdeployError("--speed-plot needs --speed")
+    if not artifacts and not model.given:
+        raise FvdeployError("give artifacts to evaluate, or --model (and --checkpoint) to evaluate PyTorch alone")
+    from ..use.evaluate import drops_over, plot_confusion, plot_speed
+    from ..use.evaluate import evaluate as run_evaluate
+    from .tables import evaluate_table
+
+    report = run_evaluate(list(artifacts or []), data, model, runtime, console, labels_file, reference, batch, limit,
+                          speed_batch if speed else None, iterations=iterations, confusion_plot=plot_path is not None)
+    failures = drops_over(report, max_drop) if max_drop is not None else []
+    report.update(max_drop=max_drop, passed=not failures)
+    stdout.print(evaluate_table(report))
+    _write_json(json_path, report)
+    if plot_path is not None:
+        plot_confusion(report, plot_path)
+    if speed_plot is not None:
+        plot_speed(report, speed_plot)
+    if failures:
+        raise CheckFailed("; ".join(failures))
+
+
 def quantize(
     onnx_path: Annotated[Path, typer.Argument(help="FP32 ONNX from `fvdeploy export-onnx`.", metavar="MODEL.onnx")],
     precision: PrecisionFlags,

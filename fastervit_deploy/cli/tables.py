@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich import box
 from rich.table import Table
 
@@ -92,3 +94,23 @@ def predictions_tables(rows: list[dict]) -> list[Table]:
             table.add_row(t["label"], str(t["index"]), f"{t['probability']:.4f}")
         tables.append(table)
     return tables
+
+
+def evaluate_table(report: dict) -> Table:
+    """One row per artifact (the reference first): accuracy, and speed when it was measured."""
+    speed = any("speed" in r for r in report["results"])
+    data = report["data"]
+    table = Table(title=f"{data['images']} images of {data['root']} ({data['classes_present']} classes)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True,
+                  caption="drop: top-1 points below the reference; agree: top-1 agreement with it")
+    table.add_column("artifact", overflow="fold")
+    for col in ("format", "prec", "MB", "top-1", "top-5", "drop", "agree") + (("p50 ms", "img/s") if speed else ()):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in report["results"]:
+        cells = [Path(r["artifact"]).name + (" (ref)" if r["reference"] else ""), r["format"], r["precision"],
+                 "-" if r["size_mb"] is None else f"{r['size_mb']:.1f}", f"{r['top1']:.2%}", f"{r['top5']:.2%}",
+                 f"{r['drop_points']:+.2f}", f"{r['top1_agreement']:.2%}"]
+        if speed:
+            cells += [f"{r['speed']['p50_ms']:.2f}", f"{r['speed']['throughput_ips']:.1f}"]
+        table.add_row(*cells)
+    return table

@@ -23,6 +23,7 @@ from fastervit.registry import any_res_variant, get_entry, instantiate
 from ..system.errors import FvdeployError
 from ..system.files import sha256
 from ..system.resources import check_fits
+from .classes import class_names, read_labels_file
 from .options import ModelRequest
 from .tensors import TensorKind, TensorSpec
 
@@ -79,6 +80,12 @@ class ModelDescription:
     notes: tuple[str, ...] = ()
     # False when API-only overrides (tiny test models) make the architecture inexpressible as CLI options.
     cli_exact: bool = True
+    class_names: tuple[str, ...] | None = None  # a classifier's own names (None: ImageNet's, or indices)
+    labels_file: str | None = None  # where they came from, as given (--labels); None: the checkpoint or nowhere
+
+    def labels(self) -> list[str] | None:
+        """The names of the head's classes, in output order (None for a backbone)."""
+        return None if self.config.features_only else class_names(self.config.num_classes, self.class_names)
 
     @property
     def resolution(self) -> tuple[int, int]:
@@ -115,7 +122,8 @@ class ModelDescription:
             resolution=cfg.resolution, window_size=cfg.window_size if windows else None,
             ct_size=cfg.ct_size if cfg.ct_size != entry.config.ct_size else None,
             seed=self.seed if self.checkpoint is None else 0, features=cfg.out_indices if cfg.features_only else None,
-            checkpoint_prefix=self.checkpoint.prefix if self.checkpoint else "")
+            checkpoint_prefix=self.checkpoint.prefix if self.checkpoint else "",
+            labels=Path(self.labels_file) if self.labels_file else None)
 
     def cli_args(self) -> list[str]:
         return self.request().argv()
@@ -144,13 +152,15 @@ class ModelDescription:
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None, "seed": self.seed,
             "weights": self.weights, "input": self.input.to_dict(), "outputs": [o.to_dict() for o in self.outputs],
             "notes": list(self.notes), "cli_exact": self.cli_exact,
+            "class_names": list(self.class_names) if self.class_names else None, "labels_file": self.labels_file,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ModelDescription":
         return cls(d["name"], FasterViTConfig(**d["config"]), Preprocessing.from_dict(d["preprocessing"]),
                    CheckpointRef.from_dict(d["checkpoint"]) if d.get("checkpoint") else None, int(d.get("seed", 0)),
-                   tuple(d.get("notes", ())), bool(d.get("cli_exact", True)))
+                   tuple(d.get("notes", ())), bool(d.get("cli_exact", True)),
+                   tuple(d["class_names"]) if d.get("class_names") else None, d.get("labels_file"))
 
     def replace(self, **changes: Any) -> "ModelDescription":
         return dataclasses.replace(self, **changes)
@@ -172,7 +182,7 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
         raise FvdeployError("give --model NAME (see `fvdeploy models`)")
     entry = get_entry(req.model)
     overrides: dict[str, Any] = {}
-    checkpoint = None
+    checkpoint, saved_names, notes = None, None, []
     if req.checkpoint is not None:
         from fastervit.checkpoint import extract_state_dict, has_feature_norms, read_checkpoint, saved_config, take_prefix
 
@@ -184,6 +194,12 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
         state, _ = take_prefix(extract_state_dict(contents), req.checkpoint_prefix)
         if req.features is not None and has_feature_norms(state):
             overrides["feature_norms"] = True  # a detection backbone's per-level norms
+        head = state.get("head.weight")
+        if req.features is None and head is not None and head.ndim == 2 and \
+                head.shape[0] != overrides.get("num_classes", entry.config.num_classes):
+            overrides["num_classes"] = int(head.shape[0])  # a fine-tuned head loads as it is
+            notes.append(f"{head.shape[0]} classes, from the checkpoint's head (head.weight {list(head.shape)})")
+        saved_names = checkpoint_class_names(contents)
         if req.seed:
             raise FvdeployError("--seed sets random weights: it has no effect with --checkpoint")
     elif req.checkpoint_prefix:
@@ -191,7 +207,6 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
     if req.features is not None:
         overrides["out_indices"] = tuple(req.features)
     overrides.update(req.overrides)
-    notes = []
     if req.resolution is not None:
         if min(req.resolution) <= 0:
             raise FvdeployError(f"--resolution must be positive, got {req.resolution[0]} {req.resolution[1]}")
@@ -216,9 +231,32 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
         raise FvdeployError(f"model options: {err}") from err
     check_resolution(config)  # UnsupportedResolutionError names the sizes that work
     check_fits(req.model, config)
+    names = _class_names(req, config, saved_names)
     pre = entry.pretrained
     return ModelDescription(
         req.model, config, Preprocessing(pre.mean, pre.std, pre.crop_pct, pre.crop_mode, pre.interpolation),
-        checkpoint, req.seed, tuple(notes), cli_exact=not req.overrides,
+        checkpoint, req.seed, tuple(notes), not req.overrides, names, str(req.labels) if req.labels else None,
     )
+
+
+def checkpoint_class_names(contents: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Class names a checkpoint carries: top-level ``class_names``/``classes`` or fvdeploy's metadata."""
+    meta = contents.get("fvdeploy") if isinstance(contents.get("fvdeploy"), Mapping) else {}
+    for value in (contents.get("class_names"), contents.get("classes"), meta.get("class_names")):
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    return None
+
+
+def _class_names(req: ModelRequest, config: FasterViTConfig, saved: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if config.features_only:
+        if req.labels is not None:
+            raise FvdeployError("--labels names a classifier's classes: a backbone (--features) has none")
+        return None
+    if req.labels is not None:
+        return read_labels_file(req.labels, config.num_classes)
+    if saved is not None and len(saved) != config.num_classes:
+        raise FvdeployError(f"the checkpoint names {len(saved)} classes but its head has {config.num_classes}: "
+                            "pass --labels FILE")
+    return saved
 

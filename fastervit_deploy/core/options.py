@@ -39,6 +39,8 @@ class ModelRequest(OptionGroup):
         parse=ints("--features"), text=joined, bare="0,1,2,3")
     checkpoint_prefix: str = option("", "Take the checkpoint's keys under this prefix, e.g. a detector's "
                                         "backbone.0.")
+    labels: Path | None = option(None, "Class names, one per line in output order (default: the checkpoint's; "
+                                       "ImageNet's for a 1000-class head).")
     overrides: Mapping[str, Any] = field(default_factory=dict)  # API only: further constructor options
 
     @property

@@ -32,7 +32,6 @@ from ..core.reference import TorchRunner
 from ..core.runner import in_output_space
 from ..core.tensors import TensorKind, TensorSpec
 from ..data.images import load_batch
-from ..data.labels import class_names
 from ..system.errors import FvdeployError
 from ..system.files import atomic_output
 from ..system.optional import import_coremltools
@@ -80,7 +79,7 @@ def convert(ct, program, desc: ModelDescription, opts: CoreMLOptions, outputs: t
     image = ct.ImageType(name=INPUT_NAME, shape=(batch, 3, *desc.resolution), scale=1 / 255.0,
                          bias=[-m for m in desc.preprocessing.mean], color_layout=ct.colorlayout.RGB)
     if outputs[0].kind is TensorKind.probabilities:
-        kwargs = {"classifier_config": ct.ClassifierConfig(class_names(desc.config.num_classes))}
+        kwargs = {"classifier_config": ct.ClassifierConfig(desc.labels())}
     else:  # raw logits, or a backbone's maps
         kwargs = {"outputs": [ct.TensorType(name=o.name) for o in outputs]}
     try:
@@ -104,8 +103,10 @@ def describe_package(mlmodel, record: ArtifactRecord, opts: CoreMLOptions) -> No
     mlmodel.author = "fvdeploy"
     mlmodel.license = LICENSE
     mlmodel.version = __version__
+    classes = "ImageNet-1k classes" if desc.class_names is None and desc.config.num_classes == 1000 else \
+        f"{desc.config.num_classes} classes"
     what = ("backbone feature maps" if desc.config.features_only else
-            "raw logits" if opts.raw_logits else "ImageNet-1k class probabilities")
+            f"raw logits over {classes}" if opts.raw_logits else f"probabilities of {classes}")
     mlmodel.short_description = (f"FasterViT {'backbone' if desc.config.features_only else 'image classifier'} "
                                  f"({desc.name}, {H}x{W}, {opts.precision.value}); {what}")
     mlmodel.input_description[INPUT_NAME] = (f"RGB image, exactly {W}x{H} (resize by crop_pct "

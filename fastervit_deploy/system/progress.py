@@ -7,7 +7,17 @@ import time
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 
 # Progress and errors go to stderr; tables and JSON that users pipe go to stdout.
@@ -32,6 +42,20 @@ class Steps:
         self.console.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
 
 
-def progress_bar(console: Console) -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+class RateColumn(ProgressColumn):
+    """Items per second (images/s), once rich has measured a rate."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} {self.unit}/s" if task.speed else "", style="progress.data.speed")
+
+
+def progress_bar(console: Console, unit: str | None = None) -> Progress:
+    """A bar with done/total and elapsed time; with ``unit``, also the rate and the time left."""
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if unit is not None:
+        columns += [RateColumn(unit), TextColumn("left"), TimeRemainingColumn()]
+    return Progress(*columns, console=console, transient=False)

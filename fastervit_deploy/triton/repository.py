@@ -31,7 +31,6 @@ from ..core.options import InstanceKind, TritonBackend, TritonOptions
 from ..core.record import ArtifactRecord, FormatKey
 from ..core.tensors import class_output
 from ..data import images
-from ..data.labels import class_names
 from ..formats import FORMATS
 from ..system.errors import CheckFailed, FvdeployError, MissingDependency
 from ..system.files import check_output, scratch_folder
@@ -362,7 +361,7 @@ def write_model(root: Path, model: TritonModel, opts: TritonOptions) -> None:
     else:
         _copy_model_file(model, version / model.model_file)
     if model.classifier:
-        (folder / "labels.txt").write_text("\n".join(class_names(model.record.outputs[0].shape[0])) + "\n")
+        (folder / "labels.txt").write_text("\n".join(model.record.model.labels()) + "\n")
     (folder / "fvdeploy.json").write_text(json.dumps(model.record.to_dict(), indent=2, default=str) + "\n")
     if opts.preprocess:
         pre = root / f"{model.name}_preprocess"

@@ -11,7 +11,6 @@ from ..core.options import RunOptions
 from ..core.runner import softmax
 from ..core.tensors import TensorKind, class_output
 from ..data.images import open_image, preprocess
-from ..data.labels import class_names
 from ..system.errors import FvdeployError
 
 
@@ -43,7 +42,7 @@ def predict(art: Artifact, images: list[Path], top: int = 5, opts: RunOptions = 
     batch = np.stack([preprocess(open_image(p), desc.resolution, desc.preprocessing) for p in images])
     with art.runner(opts) as runner:
         probs = np.concatenate([probabilities(out, art) for out in run_batches(runner, batch, runner.batch_range)])
-    names = class_names(probs.shape[-1])
+    names = art.model.labels()
     rows = []
     for path, p in zip(images, probs):
         best = np.argsort(-p)[:top]

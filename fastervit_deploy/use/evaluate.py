@@ -1,0 +1,289 @@
+"""`fvdeploy evaluate`: accuracy on labelled images for every artifact side by side, against a reference.
+
+Trustworthy by construction: every artifact and the reference see the same images in the same order,
+batch by batch; each image is decoded once and preprocessed once per distinct preprocessing (the
+recorded resolution, crop and normalisation), so two artifacts of one model get identical inputs.
+Nothing is kept per image: each runner's counts (top-1, top-5, agreement with the reference, the
+confusion matrix) are updated batch by batch, so memory stays flat in the data set's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from ..artifact import Artifact, open_artifact
+from ..core.classes import ClassMap
+from ..core.model_spec import ModelDescription, resolve_model
+from ..core.options import ModelRequest, RunOptions
+from ..core.reference import TorchRunner
+from ..core.runner import Runner
+from ..core.tensors import class_output
+from ..data.images import open_image, preprocess
+from ..data.labelled import LabelledImages, open_labelled
+from ..system.errors import FvdeployError
+from ..system.progress import progress_bar
+from .benchmark import machine, measure
+from .predict import run_batches
+
+TOP_K = 5
+DEFAULT_BATCH = 32
+MAX_PLOTTED_CLASSES = 100
+
+
+@dataclass
+class Member:
+    """One thing evaluated: an artifact, or the PyTorch model; its runner and the preprocessing it needs."""
+
+    name: str
+    model: ModelDescription
+    runner: Runner
+    artifact: Artifact | None = None
+    tally: "Tally | None" = None
+
+    @property
+    def preprocessing_key(self) -> tuple:
+        return (tuple(self.model.resolution), json.dumps(self.model.preprocessing.to_dict(), sort_keys=True))
+
+    def scores(self, batch: np.ndarray) -> np.ndarray:
+        """Class scores [N, classes] (logits or probabilities: the ranking is the same)."""
+        spec = class_output(self.runner.outputs)
+        outs = [out[spec.name] for out in run_batches(self.runner, batch, self.runner.batch_range or (1, len(batch)))]
+        return np.concatenate(outs)
+
+    def describe(self) -> dict:
+        art = self.artifact
+        if art is None:
+            return {"artifact": self.name, "format": "pytorch", "precision": "fp32", "size_mb": None}
+        files = [art.path, *(art.path.with_name(n) for n in list(art.record.files)[1:])]
+        size = sum(p.stat().st_size for f in files for p in ([f] if f.is_file() else f.rglob("*")) if p.is_file())
+        return {"artifact": str(art.path), "format": art.record.format.value, "precision": art.record.precision.value,
+                "size_mb": round(size / 1e6, 2)}
+
+
+@dataclass
+class Tally:
+    """Running counts of one member over the images seen so far."""
+
+    classes: int
+    images: int = 0
+    top1: int = 0
+    top5: int = 0
+    agree: int = 0
+    confusion: np.ndarray = field(default=None)  # [true, predicted]
+
+    def __post_init__(self) -> None:
+        self.confusion = np.zeros((self.classes, self.classes), np.int64)
+
+    def add(self, scores: np.ndarray, labels: np.ndarray, reference_top1: np.ndarray) -> np.ndarray:
+        k = min(TOP_K, scores.shape[1])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        self.images += len(labels)
+        self.top1 += int((top[:, 0] == labels).sum())
+        self.top5 += int((top == labels[:, None]).any(axis=1).sum())
+        self.agree += int((top[:, 0] == reference_top1).sum())
+        np.add.at(self.confusion, (labels, top[:, 0]), 1)
+        return top[:, 0]
+
+    def summary(self, reference_top1: float, names: list[str]) -> dict:
+        n = max(self.images, 1)
+        true, predicted = self.confusion.sum(axis=1), self.confusion.sum(axis=0)
+        hits = np.diag(self.confusion)
+        per_class = [{"index": i, "name": names[i], "support": int(true[i]),
+                      "precision": float(hits[i] / predicted[i]) if predicted[i] else None,
+                      "recall": float(hits[i] / true[i]) if true[i] else None} for i in range(self.classes)]
+        top1 = self.top1 / n
+        return {"images": self.images, "top1": top1, "top5": self.top5 / n,
+                "drop_points": round((reference_top1 - top1) * 100, 6), "top1_agreement": self.agree / n,
+                "per_class": per_class, "confusion": self.confusion.tolist()}
+
+
+def _classifier(member_model: ModelDescription, what: str) -> int:
+    if member_model.config.features_only:
+        raise FvdeployError(f"{what} is a backbone (feature maps): evaluate needs a classifier")
+    return member_model.config.num_classes
+
+
+def _members(paths: list[Path], model: ModelRequest, reference: Path | None,
+             runtime: RunOptions) -> tuple[Member, list[Member]]:
+    arts = [open_artifact(p, model) for p in paths]
+    for art in arts:  # before the reference is built
+        _classifier(art.model, art.path.name)
+    if reference is not None:
+        ref_art = open_artifact(reference, model)
+        ref = Member(f"reference:{ref_art.path.name}", ref_art.model, ref_art.runner(runtime), ref_art)
+    else:
+        desc = arts[0].model if arts else resolve_model(model)
+        ref = Member("pytorch", desc, TorchRunner(desc.build(), desc.input, desc.outputs, threads=runtime.threads))
+    classes = _classifier(ref.model, ref.name)
+    members = []
+    for art in arts:
+        if _classifier(art.model, art.path.name) != classes:
+            raise FvdeployError(f"{art.path.name} has {art.model.config.num_classes} classes, the reference {classes}")
+        if art.model.labels() != ref.model.labels():
+            raise FvdeployError(f"{art.path.name} names its classes differently from the reference ({ref.name})")
+        name = art.path.name if sum(a.path.name == art.path.name for a in arts) == 1 else str(art.path)
+        members.append(Member(name, art.model, art.runner(runtime), art))
+    return ref, members
+
+
+def _decode(files: tuple[Path, ...], skipped: list[str]) -> tuple[list, list[int]]:
+    images, kept = [], []
+    for i, path in enumerate(files):
+        try:
+            images.append(open_image(path))
+            kept.append(i)
+        except FvdeployError as err:
+            skipped.append(str(err).removeprefix("cannot read image "))
+    return images, kept
+
+
+def _chunk_size(batch: int, members: list[Member]) -> int:
+    """The images read at a time: at most ``batch`` and what every member takes in one call."""
+    return max(1, min([batch] + [m.runner.batch_range[1] for m in members if m.runner.batch_range]))
+
+
+def accuracy_pass(ref: Member, members: list[Member], data: LabelledImages, batch: int, console: Console) -> list[str]:
+    """Every image through every member, in order; returns the files skipped as unreadable."""
+    everyone = [ref, *members]
+    classes = ref.model.config.num_classes
+    for m in everyone:
+        m.tally = Tally(classes)
+    groups: dict[tuple, list[Member]] = {}
+    for m in everyone:
+        groups.setdefault(m.preprocessing_key, []).append(m)
+    chunk = _chunk_size(batch, everyone)
+    skipped: list[str] = []
+    with progress_bar(console, unit="images") as bar:
+        task = bar.add_task("evaluating", total=len(data.files))
+        for start in range(0, len(data.files), chunk):
+            files = data.files[start:start + chunk]
+            images, kept = _decode(files, skipped)
+            if images:
+                labels = np.asarray([data.labels[start + i] for i in kept])
+                scores = {}
+                for members_of_key in groups.values():
+                    desc = members_of_key[0].model
+                    x = np.stack([preprocess(img, desc.resolution, desc.preprocessing) for img in images])
+                    for m in members_of_key:
+                        scores[id(m)] = m.scores(x)
+                ref_top1 = ref.tally.add(scores[id(ref)], labels, np.argmax(scores[id(ref)], axis=1))
+                for m in members:
+                    m.tally.add(scores[id(m)], labels, ref_top1)
+            bar.advance(task, len(files))
+    return skipped
+
+
+def speed_pass(ref: Member, members: list[Member], data: LabelledImages, batch: int, warmup: int, iterations: int,
+               console: Console) -> dict[str, dict]:
+    """p50 latency and images/s at ``batch`` of every member, timed interleaved (as `benchmark` does)."""
+    everyone = [ref, *members]
+    sizes = [batch] + [m.runner.batch_range[1] for m in everyone if m.runner.batch_range]
+    n = min(sizes)
+    images, _ = _decode(data.files[: max(n, 1)], [])
+    if not images:
+        raise FvdeployError("no readable image to time with")
+    fns = {}
+    for m in everyone:
+        desc = m.model
+        x = np.stack([preprocess(images[i % len(images)], desc.resolution, desc.preprocessing) for i in range(n)])
+        fns[m.name] = lambda _batch, x=x, m=m: m.runner.infer(x)
+    results = measure(fns, {n: np.zeros(1, np.float32)}, warmup, iterations, console)
+    return {r["runner"]: {"batch": n, "p50_ms": r["p50_ms"], "throughput_ips": r["throughput_ips"]} for r in results}
+
+
+def evaluate(paths: list[Path], data_dir: Path, model: ModelRequest, runtime: RunOptions, console: Console,
+             labels_file: Path | None = None, reference: Path | None = None, batch: int = DEFAULT_BATCH,
+             limit: int | None = None, speed_batch: int | None = None, warmup: int = 3, iterations: int = 10,
+             confusion_plot: bool = False) -> dict:
+    """The evaluation report (JSON-able): data, the reference's figures and every artifact's."""
+    ref, members = _members(paths, model, reference, runtime)
+    names = ref.model.labels()
+    if confusion_plot and len(names) > MAX_PLOTTED_CLASSES:
+        raise FvdeployError(f"--plot draws confusion matrices of up to {MAX_PLOTTED_CLASSES} classes; the model has "
+                            f"{len(names)} (the JSON has them all)")
+    data = open_labelled(data_dir, ClassMap.of(len(names), ref.model.class_names), labels_file, limit)
+    with contextlib.ExitStack() as stack:
+        for m in [ref, *members]:
+            stack.enter_context(m.runner)
+        skipped = accuracy_pass(ref, members, data, batch, console)
+        if ref.tally.images == 0:
+            raise FvdeployError(f"no readable image in {data_dir} ({skipped[0] if skipped else 'none listed'})")
+        timings = speed_pass(ref, members, data, speed_batch, warmup, iterations, console) if speed_batch else {}
+    ref_top1 = ref.tally.top1 / ref.tally.images
+    rows = []
+    for m in [ref, *members]:
+        row = {**m.describe(), **m.tally.summary(ref_top1, names), "reference": m is ref}
+        if m.name in timings:
+            row["speed"] = timings[m.name]
+        rows.append(row)
+    report = {"data": {**data.describe(), "images": ref.tally.images, "skipped": skipped}, "classes": names,
+              "reference": ref.name, "results": rows}
+    if timings:
+        report["machine"] = machine(runtime.threads)
+    return report
+
+
+def drops_over(report: dict, max_drop: float) -> list[str]:
+    return [f"{r['artifact']} drops {r['drop_points']:.2f} points (> {max_drop:g})" for r in report["results"]
+            if not r["reference"] and r["drop_points"] > max_drop]
+
+
+def plot_confusion(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..system.files import atomic_output
+
+    rows, names = report["results"], report["classes"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 4.8), squeeze=False, layout="constrained")
+    for ax, row in zip(axes[0], rows):
+        m = np.asarray(row["confusion"], np.float64)
+        shown = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
+        ax.set_title(f"{Path(row['artifact']).name} ({row['precision']})\ntop-1 {row['top1']:.2%}", fontsize=9)
+        ax.set(xlabel="predicted", ylabel="true")
+        if len(names) <= 20:
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.suptitle(f"confusion (rows: true class, normalised), {report['data']['images']} images", fontsize=9)
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_speed(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..system.files import atomic_output
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), layout="constrained")
+    markers = "osD^vP*X"
+    for i, row in enumerate(report["results"]):
+        ax.scatter([row["speed"]["p50_ms"]], [row["top1"] * 100], s=50, marker=markers[i % len(markers)],
+                   label=f"{Path(row['artifact']).name} ({row['format']}, {row['precision']}): "
+                         f"{row['top1']:.2%}, {row['speed']['p50_ms']:.1f} ms")
+    batch = report["results"][0]["speed"]["batch"]
+    ax.set(xlabel=f"p50 latency at batch {batch} (ms, log)", ylabel="top-1 (%)", xscale="log")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8, frameon=False)  # below: never over a point
+    info = report["machine"]
+    ax.set_title(f"{report['results'][0]['artifact'] if report['results'][0]['format'] == 'pytorch' else 'artifacts'}"
+                 f" vs artifacts, {report['data']['images']} images\n{info['cpu']}, {info['threads']} of "
+                 f"{info['cores']} threads", fontsize=9)
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
