@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .core.model_spec import resolve_model
 from .core.options import (
+    AccuracyTarget,
     BatchProfile,
     BuilderOptions,
     CalibrationOptions,
@@ -124,21 +125,31 @@ def _check_calibration(precision: Precision, calibration: CalibrationOptions) ->
         raise FvdeployError(f"calibration folder not found: {calibration.calib_dir}")
 
 
+def _check_target(precision: Precision, target: AccuracyTarget) -> None:
+    if not precision.quantized and target.changed():
+        flags = " ".join(AccuracyTarget.flag(n) for n in target.changed())
+        raise FvdeployError(f"{flags}: an accuracy target is for calibrated precisions (--int8), not --{precision}")
+    if target.data is not None and not Path(target.data).is_dir():
+        raise FvdeployError(f"--data folder not found: {target.data}")
+
+
 def plan_quantize(source: Path, precision: Precision, output: OutputTarget,
                   calibration: CalibrationOptions = CalibrationOptions(), tolerance: Tolerance = Tolerance(),
-                  lowering: LoweringOptions = LoweringOptions(), images: ImagesOption = ImagesOption()) -> Plan:
+                  lowering: LoweringOptions = LoweringOptions(), images: ImagesOption = ImagesOption(),
+                  target: AccuracyTarget = AccuracyTarget()) -> Plan:
     _check_given(output, FormatKey.onnx)
     precision = Precision(precision)
     recorded = read_onnx(source)
     _check_quantize_source(Path(source), recorded.record)
     _check_calibration(precision, calibration)
+    _check_target(precision, target)
     path = output.or_default(Path(source).with_name(f"{Path(source).stem}_{precision}.onnx"))
     if path.resolve() == Path(source).resolve():
         raise FvdeployError("output would overwrite the input ONNX")
     if output.output is None:
         _output(output, FormatKey.onnx, path)
-    return Plan((QuantizeJob(Path(source), precision, path, calibration, tolerance, lowering, images, output.overwrite,
-                             recorded),))
+    return Plan((QuantizeJob(Path(source), precision, path, calibration, tolerance, lowering, images, target,
+                             output.overwrite, recorded),))
 
 
 def _reusable(job: Job, upstream_reused: bool) -> bool:
@@ -185,7 +196,7 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
         _check_calibration(want, calibration)
         quantized = source.with_name(f"{source.stem}_{want}.onnx")
         intermediate.append(QuantizeJob(source, want, quantized, calibration, Tolerance(), LoweringOptions(), images,
-                                        output.overwrite, recorded))
+                                        AccuracyTarget(), output.overwrite, recorded))
         source, recorded = quantized, None
     engine_path = output.output or FORMATS[FormatKey.tensorrt].file_name(str(source.with_suffix("")))
     engine = BuildJob(source, desc, profile, Path(engine_path), builder, output.overwrite, recorded)

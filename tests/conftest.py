@@ -115,7 +115,8 @@ def digits_folder(shared_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_artifacts(shared_dir) -> dict[str, Path]:
-    """The committed digits model as FP32, FP16 and INT8 ONNX (onnxruntime backend, 256 calibration images)."""
+    """The committed digits model as FP32, FP16 and INT8 ONNX (onnxruntime backend, 256 calibration images,
+    entropy), and the INT8 graph's calibration cache."""
 
     def make(path: Path) -> None:
         from fastervit_deploy.core.options import CalibrationOptions, ModelRequest, OnnxOptions, OutputTarget, QuantBackend
@@ -130,7 +131,9 @@ def digits_artifacts(shared_dir) -> dict[str, Path]:
         plan_quantize(fp32, "fp16", OutputTarget(path / "digits_fp16.onnx")).run(quiet_steps())
         calib = write_folder(digits_split()[0][:256], path / "calib")
         plan_quantize(fp32, "int8", OutputTarget(path / "digits_int8.onnx"),
-                      CalibrationOptions(calib_dir=calib, backend=QuantBackend.onnxruntime)).run(quiet_steps())
+                      CalibrationOptions(calib_dir=calib, backend=QuantBackend.onnxruntime,
+                                         calib_cache=path / "digits.cache")).run(quiet_steps())
 
     root = shared(shared_dir, "digits_artifacts", make)
-    return {"fp32": root / "digits.onnx", "fp16": root / "digits_fp16.onnx", "int8": root / "digits_int8.onnx"}
+    return {"fp32": root / "digits.onnx", "fp16": root / "digits_fp16.onnx", "int8": root / "digits_int8.onnx",
+            "cache": root / "digits.cache", "calib": root / "calib"}

@@ -252,8 +252,8 @@ def test_every_import_points_down_the_layers():
 
 def _groups_samples():
     from fastervit_deploy.core.options import (
-        BatchProfile, BuilderOptions, CalibrationMethod, CalibrationOptions, ComputeUnits, CoreMLOptions,
-        DeploymentTarget, ImagesOption, InstanceKind, LoweringOptions, OnnxOptions, OnnxSource, PrecisionFlags,
+        AccuracyTarget, BatchProfile, BuilderOptions, CalibrationMethod, CalibrationOptions, ComputeUnits, CoreMLOptions,
+        DeploymentTarget, Fallback, ImagesOption, InstanceKind, LoweringOptions, OnnxOptions, OnnxSource, PrecisionFlags,
         QuantBackend, Simplifier, TritonBackend, TritonOptions, TunedBatchProfile)
     from fastervit_deploy.core.precision import Precision, Tolerance
 
@@ -268,6 +268,7 @@ def _groups_samples():
         CalibrationOptions(Path("calib"), 64, CalibrationMethod.max, Path("s.cache"), QuantBackend.onnxruntime,
                            ("/levels.3/*", "/head*")),
         BuilderOptions(Path("t.cache"), 2.5, 4, True),
+        AccuracyTarget(Fallback.auto, Path("val"), Path("val.txt"), 64, 0.5, 3),
         CoreMLOptions(Precision.fp32, 4, ComputeUnits.cpu_only, DeploymentTarget.iOS18, True, ((224, 224), (160, 288))),
         RunOptions(Provider.cuda, 3), ImagesOption(Path("imgs")), OnnxSource(Path("m.onnx")),
         TritonOptions(Path("repo"), ("a", "b"), 2, 3, 50, (2, 8), TritonBackend.python, InstanceKind.cpu, True, True, True),

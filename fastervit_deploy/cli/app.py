@@ -85,6 +85,7 @@ COMMANDS: tuple[tuple[str, Callable], ...] = (
     ("predict", commands.predict),
     ("evaluate", commands.evaluate),
     ("quantize", commands.quantize),
+    ("debug", commands.debug),
     ("build-trt", commands.build_trt),
     ("coreml", commands.coreml),
     ("triton", commands.triton),

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..core.declare import ints
 from ..core.options import (
+    AccuracyTarget,
     BuilderOptions,
     CalibrationOptions,
     CoreMLOptions,
@@ -234,12 +235,54 @@ def evaluate(
         raise CheckFailed("; ".join(failures))
 
 
+def debug(
+    candidate: Annotated[Path, typer.Argument(help="An FP16 or quantized ONNX from `fvdeploy quantize`.",
+                                              metavar="CANDIDATE.onnx")],
+    tolerance: Tolerance,
+    images: ImagesOption,
+    reference: Annotated[Optional[Path], typer.Option(help="The FP32 ONNX to compare with (default: the one the "
+                                                           "candidate's record names).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Labelled images instead of --images: the sensitivity then "
+                                                      "reports accuracy on their labels too.")] = None,
+    labels_file: Annotated[Optional[Path], typer.Option(help="'file label' lines or CSV for a flat --data folder.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Labelled images used from --data (spread over the classes).")] = 64,
+    sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity",
+                                              help="Q/DQ graphs: rank the site groups (each alone kept in FP16).")] = True,
+    json_path: JsonOpt = None,
+    plot_path: PlotOpt = None,
+) -> None:
+    """Where a precision-lowered graph departs from FP32, layer by layer; which Q/DQ site groups cost most."""
+    _check_json(json_path)
+    if plot_path is not None:
+        check_output(plot_path, True, ".png")
+    if images.images is not None and data is not None:
+        raise FvdeployError("give one of --images and --data")
+    from ..system.files import scratch_folder
+    from ..use.debug import debug as run_debug
+    from ..use.debug import plot
+    from .tables import layers_table, sensitivity_table
+
+    with scratch_folder(prefix="fvdeploy-debug-") as work:
+        report = run_debug(candidate, reference, images.images, data, labels_file, limit, tolerance, sensitivity, work,
+                           console)
+    stdout.print(layers_table(report))
+    first = report["first_beyond"]
+    console.print(f"first beyond tolerance: {first['node']} ({first['kind']}; {'; '.join(first['beyond'])})"
+                  if first else "every compared tensor is within tolerance", highlight=False)
+    if report.get("sensitivity"):
+        stdout.print(sensitivity_table(report["sensitivity"]))
+    _write_json(json_path, report)
+    if plot_path is not None:
+        plot(report, plot_path)
+
+
 def quantize(
     onnx_path: Annotated[Path, typer.Argument(help="FP32 ONNX from `fvdeploy export-onnx`.", metavar="MODEL.onnx")],
     precision: PrecisionFlags,
     calibration: CalibrationOptions,
     lowering: LoweringOptions,
     tolerance: Tolerance,
+    target: AccuracyTarget,
     out: OutputTarget,
     images: ImagesOption,
 ) -> None:
@@ -248,7 +291,7 @@ def quantize(
         raise FvdeployError(f"choose one of {' and '.join(PrecisionFlags.flag(f.name) for f, _, _ in PrecisionFlags.declared())}")
     from ..plan import plan_quantize
 
-    plan = plan_quantize(onnx_path, precision.precision, out, calibration, tolerance, lowering, images)
+    plan = plan_quantize(onnx_path, precision.precision, out, calibration, tolerance, lowering, images, target)
     _wrote(plan.run(Steps()), plan.output)
 
 

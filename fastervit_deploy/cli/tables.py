@@ -114,3 +114,31 @@ def evaluate_table(report: dict) -> Table:
             cells += [f"{r['speed']['p50_ms']:.2f}", f"{r['speed']['throughput_ips']:.1f}"]
         table.add_row(*cells)
     return table
+
+
+def layers_table(report: dict) -> Table:
+    table = Table(title=f"{Path(report['candidate']).name} ({report['precision']}) against "
+                        f"{Path(report['reference']).name}, layer by layer ({report['images']} images)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for col, justify in (("#", "right"), ("node", "left"), ("kind", "left"), ("cosine", "right"),
+                         ("rel max |Δ|", "right"), ("", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for r in report["layers"]:
+        mark = "[red]<- first beyond tolerance[/red]" if r["first"] else ("[yellow]beyond[/yellow]" if r["beyond"] else "")
+        table.add_row(str(r["index"]), r["node"], r["kind"], f"{r['cosine']:.6f}", f"{r['max_abs_rel']:.2e}", mark)
+    return table
+
+
+def sensitivity_table(rows: list[dict], top: int = 10) -> Table:
+    labelled = "drop_points" in rows[0]
+    table = Table(title=f"site sensitivity: each group alone kept in FP16 (best {min(top, len(rows))} of {len(rows)})",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for col in ("rank", "group (weighted op)", "+adds", "cosine", "top-1 agree") + (("drop",) if labelled else ()) + ("meets",):
+        table.add_column(col, justify="left" if col.startswith("group") else "right", overflow="fold")
+    for r in rows[:top]:
+        cells = [str(r["rank"]), r["op"], str(len(r["residual_adds"])), f"{r['cosine_min']:.6f}",
+                 f"{r.get('top1_agreement', 1.0):.1%}"]
+        if labelled:
+            cells.append(f"{r['drop_points']:+.2f}")
+        table.add_row(*cells, "yes" if r["meets"] else "no")
+    return table

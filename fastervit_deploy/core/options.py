@@ -179,6 +179,7 @@ class CalibrationMethod(Choice):
     entropy = "entropy"
     max = "max"
     percentile = "percentile"
+    auto = "auto"  # one calibration pass for all three; the one with the best held-out figures is kept
 
 
 class QuantBackend(Choice):
@@ -206,6 +207,33 @@ class CalibrationOptions(OptionGroup):
     @property
     def cache_hit(self) -> bool:
         return self.calib_cache is not None and Path(self.calib_cache).is_file()
+
+
+class Fallback(Choice):
+    off = "off"
+    auto = "auto"  # keep the most sensitive site groups in FP16 until the target is met
+
+
+@dataclass(frozen=True)
+class AccuracyTarget(OptionGroup):
+    """What a quantized graph must keep: the tolerances (a Tolerance group), and accuracy on labelled images."""
+
+    PANEL = "Accuracy target"
+
+    fallback: Fallback = option(Fallback.off, "auto: when the INT8 graph misses the tolerances (or --max-drop on "
+                                              "--data), keep its most sensitive site groups in FP16 until it meets them.")
+    data: Path | None = option(None, "Labelled images (one folder per class, or with --labels-file): --fallback "
+                                     "and --method auto then target top-1 on them.")
+    labels_file: Path | None = option(None, "'file label' lines or CSV for a flat --data folder.")
+    limit: int = option(256, "Labelled images used (a seeded subset spread over the classes).", min=1)
+    max_drop: float = option(1.0, "With --data: the largest top-1 drop (points) against the FP32 graph.", min=0.0)
+    max_fallback: int | None = option(None, "--fallback auto keeps at most this many site groups in FP16 (default: "
+                                            "as many as it takes).", min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.labels_file is not None and self.data is None:
+            raise FvdeployError("--labels-file goes with --data")
 
 
 @dataclass(frozen=True)

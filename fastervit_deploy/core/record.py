@@ -115,6 +115,8 @@ class ArtifactRecord:
     command: tuple[str, ...] = ()  # the fvdeploy command line that makes this artifact
     source: FileRef | None = None  # the ONNX it was made from (quantize, build-trt)
     fp32_nodes: tuple[str, ...] = ()  # kept fp32 by the FP16 lowering's overflow guard (beyond LayerNorm)
+    # Weighted ops the policy would quantize, kept out of the Q/DQ precision on purpose (--exclude, --fallback)
+    qdq_excluded: tuple[str, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)  # format-specific facts
     checks: Mapping[str, Any] | None = None  # graph / package / engine checks
     parity: Mapping[str, Any] | None = None
@@ -137,11 +139,12 @@ class ArtifactRecord:
         return dataclasses.replace(self, **changes)
 
     def derive(self, **changes: Any) -> "ArtifactRecord":
-        """The record of an artifact made from this one: what it is carries over, what was measured of this
-        file does not (checks, parity, notes, timings, hashes, tools, date, format details)."""
+        """The record of an artifact made from this one: what it is carries over (model, tensors, what computes
+        in which precision), what was measured of this file does not (checks, parity, notes, timings, hashes,
+        tools, date, format details)."""
         blank = {name: (None if name in ("checks", "parity") else type(getattr(self, name))())
                  for name in _PER_FILE}
-        return dataclasses.replace(self, **{"details": {}, "fp32_nodes": (), **blank, **changes})
+        return dataclasses.replace(self, **{"details": {}, **blank, **changes})
 
     @property
     def input(self) -> TensorSpec:
@@ -157,6 +160,7 @@ class ArtifactRecord:
             "model": model, "batch_range": list(self.batch_range), "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs], "command": list(self.command),
             "source": self.source.to_dict(base) if self.source else None, "fp32_nodes": list(self.fp32_nodes),
+            "qdq_excluded": list(self.qdq_excluded),
         }
 
     def to_dict(self, base: Path | None = None) -> dict:
@@ -178,8 +182,9 @@ class ArtifactRecord:
             d["format"], d["precision"], ModelDescription.from_dict(model), tuple(d["batch_range"]),
             tuple(TensorSpec.from_dict(t) for t in d["inputs"]), tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
             tuple(d.get("command", ())), FileRef.from_dict(d["source"], base) if d.get("source") else None,
-            tuple(d.get("fp32_nodes", ())), d.get("details") or {}, d.get("checks"), d.get("parity"), tuple(d.get("notes", ())),
-            d.get("timings_s") or {}, d.get("files") or {}, d.get("tools") or {}, d.get("created", ""),
+            tuple(d.get("fp32_nodes", ())), tuple(d.get("qdq_excluded", ())), d.get("details") or {}, d.get("checks"),
+            d.get("parity"), tuple(d.get("notes", ())), d.get("timings_s") or {}, d.get("files") or {},
+            d.get("tools") or {}, d.get("created", ""),
         )
 
 
@@ -265,8 +270,11 @@ def _sidecar_record(artifact: Path, side: Path, digest: str, embedded: dict | No
         record = ArtifactRecord.from_dict(data, artifact.parent)
     except (KeyError, TypeError, ValueError) as err:
         raise FvdeployError(f"sidecar {side.name} is not an fvdeploy record ({type(err).__name__}: {err})") from err
-    if embedded is not None and _what(embedded) != _what(record.identity()):
-        differs = sorted(k for k in _what(embedded) if _what(embedded).get(k) != _what(record.identity()).get(k))
+    # Both through the same reader, so fields a later fvdeploy added read as their defaults on both sides.
+    embedded = _what(ArtifactRecord.from_dict(embedded, artifact.parent).identity()) if embedded is not None else None
+    recorded = _what(record.identity())
+    if embedded is not None and embedded != recorded:
+        differs = sorted(k for k in embedded.keys() | recorded.keys() if embedded.get(k) != recorded.get(k))
         raise FvdeployError(f"sidecar {side.name} does not describe {artifact.name}: it disagrees with the record "
                             f"embedded in the file ({', '.join(differs)}); remove or restore the sidecar")
     names = list(record.files)

@@ -197,7 +197,7 @@ def inspect_model(model: onnx.ModelProto, path: str | Path = "", expect: str | N
     expect = expect or recorded.get("precision")
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.nodes)
     if has_qdq or expect == "int8":
-        report.findings.append(check_qdq(model) if has_qdq else
+        report.findings.append(check_qdq(model, tuple(recorded.get("qdq_excluded", ()))) if has_qdq else
                                Finding("qdq-placement", False, "the graph is labelled int8 but has no Q/DQ"))
     elif expect == "fp16" or lowered(model):
         report.findings.append(Finding("qdq-placement", True, "no Q/DQ (FP16 graph)", severity="info",

@@ -165,7 +165,8 @@ class Placement:
 
     int8_ops: tuple[str, ...]
     residual_adds: dict[str, int] = field(default_factory=dict)  # Add name -> skip input index
-    excluded: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()  # weighted ops the policy would quantize, kept out on request
+    residual_branch: dict[str, str] = field(default_factory=dict)  # Add name -> the weighted op its branch ends in
 
     @property
     def nodes(self) -> list[str]:
@@ -175,19 +176,35 @@ class Placement:
         pairs = {(n, i) for n in self.int8_ops for i in (0, 1)}
         return pairs | {(n, i) for n, i in self.residual_adds.items()}
 
+    def groups(self) -> list["SiteGroup"]:
+        """The units a precision search keeps out of INT8 together: one weighted op and the residual Adds whose
+        skip input is quantized for it (its epilogue partner), in graph order."""
+        return [SiteGroup(op, tuple(a for a, branch in self.residual_branch.items() if branch == op))
+                for op in self.int8_ops]
+
+
+@dataclass(frozen=True)
+class SiteGroup:
+    op: str  # the weighted op: the group's name
+    adds: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"op": self.op, "residual_adds": list(self.adds)}
+
 
 def plan_placement(model: onnx.ModelProto, exclude: tuple[str, ...] = ()) -> Placement:
-    """The policy's placement for an FP32 graph; ``exclude`` patterns keep named nodes out of INT8."""
+    """The policy's placement for an FP32 graph; ``exclude`` keeps named nodes out of INT8 (fnmatch patterns,
+    so exact node names work too)."""
     g = Graph(model)
     int8 = [n.name for n in int8_candidates(g) if not _matches(n.name, exclude)]
     chosen = set(int8)
-    adds = {}
+    adds, branches = {}, {}
     for node in g.nodes:
         found = residual_skip(g, node)
         if found and found[1].name in chosen and not _matches(node.name, exclude):
-            adds[node.name] = found[0]
+            adds[node.name], branches[node.name] = found[0], found[1].name
     excluded = tuple(n.name for n in int8_candidates(g) if n.name not in chosen)
-    return Placement(tuple(int8), adds, excluded)
+    return Placement(tuple(int8), adds, excluded, branches)
 
 
 def enforce(model: onnx.ModelProto, placement: Placement) -> int:
@@ -211,11 +228,11 @@ def enforce(model: onnx.ModelProto, placement: Placement) -> int:
                 continue  # a quantized weight: the consumer is a weighted op the placement keeps
             node.input[i] = q.input[0]
             removed += 1
-    _drop_unused(model)
+    drop_unused(model)
     return removed
 
 
-def _drop_unused(model: onnx.ModelProto) -> None:
+def drop_unused(model: onnx.ModelProto) -> None:
     graph = model.graph
     while True:
         used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
@@ -260,8 +277,11 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def check_qdq(model: onnx.ModelProto) -> Finding:
-    """Does a Q/DQ graph follow the policy? One finding listing every deviation."""
+def check_qdq(model: onnx.ModelProto, excluded: tuple[str, ...] = ()) -> Finding:
+    """Does a Q/DQ graph follow the policy? One finding listing every deviation.
+
+    ``excluded``: the weighted ops its record says were kept out of INT8 on purpose (``--exclude``, a
+    precision fallback). Exactly those may be FP16; any other weighted op the policy quantizes must be INT8."""
     g = Graph(model)
     problems: list[str] = []
     qs = [n for n in g.nodes if n.op_type == "QuantizeLinear"]
@@ -299,11 +319,16 @@ def check_qdq(model: onnx.ModelProto) -> Finding:
     problems += [f"half-quantized {h}" for h in half]
     if qs and not int8_ops:
         problems.append("Q/DQ nodes but no weighted op runs in INT8")
+    quantized = {n.name for n in int8_ops}
+    expected = {n.name for n in int8_candidates(g)}
+    problems += [f"{name} is not INT8 and not recorded as excluded" for name in sorted(expected - quantized - set(excluded))]
+    problems += [f"{name} is recorded as excluded but runs in INT8" for name in sorted(set(excluded) & quantized)]
     weighted = [n for n in g.nodes if weight_input(g, n) and not is_head(g, n)]
     detail = (f"{len(int8_ops)} of {len(weighted)} weighted ops INT8, {len(qs)} Q/DQ pairs; "
               + ("; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
                  if problems else "placement follows the policy"))
-    facts = {"int8_ops": len(int8_ops), "weighted_ops": len(weighted), "qdq_pairs": len(qs), "deviations": len(problems)}
+    facts = {"int8_ops": len(int8_ops), "weighted_ops": len(weighted), "qdq_pairs": len(qs), "excluded": len(excluded),
+             "deviations": len(problems)}
     return Finding("qdq-placement", not problems, detail, facts=facts)
 
 

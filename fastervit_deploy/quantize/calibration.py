@@ -107,6 +107,7 @@ class Calibration:
     scales: dict[str, float]  # activation tensor name -> symmetric int8 scale (amax / 127)
     source: str  # "images" or "cache"
     facts: dict = field(default_factory=dict)  # counts, chunk shape, image-list hash (for the record)
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # --method auto: each method's scales
 
 
 def _tensor_bytes(model: onnx.ModelProto, names: set[str]) -> int:
@@ -126,15 +127,44 @@ def chunk_size(model: onnx.ModelProto, needed: set[str]) -> int:
     return int(min(MAX_CHUNK, max(1, CHUNK_BUDGET_BYTES // per_image)))
 
 
+# Each method as onnxruntime's calibrator runs it (histogram sizes as its defaults for that method).
+_HISTOGRAMS = {CalibrationMethod.entropy: {"num_bins": 128, "num_quantized_bins": 128},
+               CalibrationMethod.percentile: {"num_bins": 2048, "percentile": 99.999}}
+SINGLE_METHODS = (CalibrationMethod.max, CalibrationMethod.entropy, CalibrationMethod.percentile)
+
+
+class _EveryMethod:
+    """A histogram collector that feeds one collector per method with the same activations (one pass)."""
+
+    def __init__(self, ort) -> None:
+        self.collectors = {m: ort.HistogramCollector(method=m.value, symmetric=True, scenario="same",
+                                                     **{"percentile": 99.999, "num_quantized_bins": 128,
+                                                        **_HISTOGRAMS[m]}) for m in _HISTOGRAMS}
+
+    def collect(self, arrays) -> None:
+        for collector in self.collectors.values():
+            collector.collect(arrays)
+
+    def ranges(self) -> dict[CalibrationMethod, dict[str, tuple[float, float]]]:
+        out = {m: {t: (float(r[0]), float(r[1])) for t, r in c.compute_collection_result().items()}
+               for m, c in self.collectors.items()}
+        # max: the signed histograms keep each tensor's min and max, as MinMaxCalibrater finds them
+        out[CalibrationMethod.max] = {t: (float(h[2]), float(h[3]))
+                                      for t, h in self.collectors[CalibrationMethod.entropy].histogram_dict.items()}
+        return out
+
+
 def _calibrator(method: CalibrationMethod, model_path: Path, needed: set[str], augmented: Path):
-    """onnxruntime's calibrator for ``method``, recording only the ``needed`` tensors (not every input
-    and output of every node of their types: several times the memory and time)."""
+    """onnxruntime's calibrator for ``method`` (for ``auto``, one that collects for all three), recording only
+    the ``needed`` tensors (not every input and output of every node of their types: several times the
+    memory and time)."""
     from onnxruntime.quantization import calibrate as ort
 
     base, settings = {
-        CalibrationMethod.entropy: (ort.EntropyCalibrater, {"num_bins": 128, "num_quantized_bins": 128}),
+        CalibrationMethod.entropy: (ort.EntropyCalibrater, _HISTOGRAMS[CalibrationMethod.entropy]),
         CalibrationMethod.max: (ort.MinMaxCalibrater, {}),
-        CalibrationMethod.percentile: (ort.PercentileCalibrater, {"num_bins": 2048, "percentile": 99.999}),
+        CalibrationMethod.percentile: (ort.PercentileCalibrater, _HISTOGRAMS[CalibrationMethod.percentile]),
+        CalibrationMethod.auto: (ort.HistogramCalibrater, {}),
     }[method]
 
     class OnlyNeeded(base):
@@ -145,7 +175,19 @@ def _calibrator(method: CalibrationMethod, model_path: Path, needed: set[str], a
     calibrator = OnlyNeeded(model_path, None, str(augmented), symmetric=True, **settings)
     calibrator.augment_graph()
     calibrator.create_inference_session()
+    if method is CalibrationMethod.auto:
+        calibrator.collector = _EveryMethod(ort)  # collect_data feeds it instead of a collector of its own
     return calibrator
+
+
+def _scales(ranges: dict[str, tuple[float, float]], needed: set[str]) -> dict[str, float]:
+    scales = {}
+    for name in sorted(needed):
+        if name not in ranges:
+            raise FvdeployError(f"calibration gave no range for tensor {name}")
+        low, high = ranges[name]
+        scales[name] = max(abs(low), abs(high), 1e-8) / INT8_MAX
+    return scales
 
 
 def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size: tuple[int, int], pre: Preprocessing,
@@ -166,20 +208,21 @@ def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size
                     calibrator.collect_data(reader)
             if not reader.used:
                 raise FvdeployError(f"no readable image in {folder} ({reader.skipped[0]})")
-            ranges = calibrator.compute_data()
+            if method is CalibrationMethod.auto:
+                candidates = {m.value: _scales(r, needed) for m, r in calibrator.collector.ranges().items()}
+            else:
+                ranges = calibrator.compute_data()
+                candidates = {method.value: _scales({t: tuple(float(np.asarray(v).reshape(-1)[0]) for v in
+                                                           ranges[t].range_value) for t in ranges}, needed)}
     finally:
         del calibrator
     if reader.skipped:
         note(f"skipped {len(reader.skipped)} unreadable files: {', '.join(reader.skipped[:3])}")
-    scales = {}
-    for name in sorted(needed):
-        if name not in ranges:
-            raise FvdeployError(f"calibration gave no range for tensor {name}")
-        low, high = (float(np.asarray(v).reshape(-1)[0]) for v in ranges[name].range_value)
-        scales[name] = max(abs(low), abs(high), 1e-8) / INT8_MAX
-    return Calibration(scales, "images", {
+    first = next(iter(candidates.values()))
+    return Calibration(first, "images", {
         "images": reader.used, "skipped": reader.skipped, "files_listed": len(files), "images_sha256": reader.digest,
-        "chunk_shape": [chunk, 3, *size], "method": method.value, "tensors": len(scales)})
+        "chunk_shape": [chunk, 3, *size], "method": method.value, "tensors": len(first)},
+        candidates if method is CalibrationMethod.auto else {})
 
 
 def cache_text(scales: dict[str, float]) -> str:

@@ -104,7 +104,6 @@ def build_engine(job: BuildJob, steps: Steps) -> ArtifactRecord:
             tmp_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     record = source.record.derive(
         format=FormatKey.tensorrt, command=job.argv(), source=source.ref, batch_range=job.profile.range,
-        fp32_nodes=source.record.fp32_nodes,
         details={"tensorrt": trt.__version__, "gpu": gpu_description(), "profile": profile.to_dict(),
                  "builder_optimization_level": opts.opt_level, "version_compatible": opts.version_compatible,
                  "timing_cache": str(opts.timing_cache) if opts.timing_cache else None},
