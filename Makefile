@@ -43,6 +43,7 @@ test-all: install
 
 bench: install
 	$(BIN)/python benchmarks/onnx_vs_plain.py
+	$(BIN)/python benchmarks/cpu_int8.py
 	$(BIN)/python benchmarks/simplifiers.py
 	$(BIN)/python benchmarks/evaluate_memory.py
 

@@ -48,7 +48,8 @@ def main() -> int:
     plain_export(eager, plain)  # the same tensors as ours: our record describes it too
 
     batches = synthetic_batches(BATCHES, desc.input.shape)
-    with OnnxRuntimeRunner(ours) as a, OnnxRuntimeRunner(plain, record) as b, TorchRunner(eager, desc.input, desc.outputs) as c:
+    # intra-op spinning off: the runners take turns, and a spinning session keeps the cores busy for the next
+    with OnnxRuntimeRunner(ours, spinning=False) as a, OnnxRuntimeRunner(plain, record, spinning=False) as b, TorchRunner(eager, desc.input, desc.outputs) as c:
         results = measure({"fvdeploy-onnx": a.infer, "plain-onnx": b.infer, "pytorch-eager": c.infer},
                           batches, warmup=5, iterations=30, console=console)
     out = Console()

@@ -25,7 +25,7 @@ from .core.record import (
     read_artifact,
 )
 from .core.record import FormatKey
-from .formats import Format, format_for
+from .formats import Format, format_for, runtime_mismatch
 from .system.errors import FvdeployError
 from .system.files import sha256
 
@@ -42,6 +42,10 @@ class Artifact(RecordedArtifact):
 
     def runner(self, opts: RunOptions = RunOptions()) -> Runner:
         return self.format.open_runner(self.path, self.record, opts)
+
+    def runtime_note(self, opts: RunOptions = RunOptions()) -> str | None:
+        """One line if this artifact runs on a provider it was not made for."""
+        return runtime_mismatch(self.path, self.record, opts)
 
 
 def read_recorded(path: str | Path) -> RecordedArtifact:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .core.options import CoreMLOptions, Provider, RunOptions
-from .core.precision import Precision
+from .core.precision import Precision, QuantTarget
 from .core.record import FormatKey, IdentityReader
 from .coreml.job import CoreMLJob
 from .coreml.metadata import PACKAGE_MARKER
@@ -69,7 +69,7 @@ def _coreml_identity(path: Path) -> dict | None:
 def _onnx_runner(path: Path, record: ArtifactRecord, opts: RunOptions) -> Runner:
     from .onnx.runner import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(path, record, opts.provider, opts.threads)
+    return OnnxRuntimeRunner(path, record, opts.provider, opts.threads, spinning=opts.spinning)
 
 
 def _tensorrt_runner(path: Path, record: ArtifactRecord, opts: RunOptions) -> Runner:
@@ -127,6 +127,20 @@ FORMATS: dict[FormatKey, Format] = {f.key: f for f in (
            ("coreml",), ((CoreMLJob, _export_coreml),), _coreml_runner, coremltools_missing, coreml_predict_missing,
            _coreml_identity, package=PACKAGE_MARKER),
 )}
+
+
+def runtime_mismatch(path: Path, record: ArtifactRecord, opts: RunOptions) -> str | None:
+    """One line when an ONNX artifact runs on a provider it was not made for (its record's target), else None."""
+    if record.format is not FormatKey.onnx or record.target is None:
+        return None
+    if record.target is QuantTarget.tensorrt and opts.provider is not Provider.tensorrt:
+        return (f"note: {path.name} ({record.precision}) was made for TensorRT: onnxruntime's {opts.provider} provider "
+                "runs its FP16 and Q/DQ parts through casts, slower than the FP32 graph (for CPUs: quantize --int8 "
+                "--target onnxruntime-cpu)")
+    if record.target is QuantTarget.onnxruntime_cpu and opts.provider is not Provider.cpu:
+        return (f"note: {path.name} ({record.precision}) was made for onnxruntime's CPU kernels (uint8 activations, "
+                f"the rest FP32), not for the {opts.provider} provider (for TensorRT: quantize --target tensorrt)")
+    return None
 
 
 def format_for(path: str | Path) -> Format:

@@ -22,19 +22,19 @@ from .core.options import (
     CalibrationOptions,
     CoreMLOptions,
     ImagesOption,
-    LoweringOptions,
+    TargetOptions,
     ModelRequest,
     OnnxOptions,
     OutputTarget,
     TunedBatchProfile,
 )
-from .core.precision import Precision, Tolerance
+from .core.precision import Precision, QuantTarget, Tolerance
 from .artifact import read_recorded
 from .core.record import FormatKey, RecordedArtifact
 from .coreml.job import CoreMLJob
 from .formats import FORMATS, run_job
 from .onnx.job import ExportJob
-from .quantize.job import QuantizeJob
+from .quantize.job import QuantizeJob, refuse_backend
 from .system.errors import FvdeployError, MissingDependency
 from .system.files import check_output, sha256
 from .system.optional import coremltools_missing, tensorrt_missing
@@ -106,10 +106,14 @@ def plan_export(model: ModelRequest, output: OutputTarget, onnx: OnnxOptions = O
     return Plan((ExportJob(desc, Path(path), onnx, batch, images, output.overwrite),))
 
 
+def _origin(record: ArtifactRecord) -> str:
+    return f" ({record.source.path.name})" if record.source else ""
+
+
 def _check_quantize_source(source: Path, record: ArtifactRecord) -> None:
     if record.precision is not Precision.fp32:
-        origin = f" ({record.source.path.name})" if record.source else ""
-        raise FvdeployError(f"{source.name} is already {record.precision}: quantize the FP32 ONNX it came from{origin}")
+        raise FvdeployError(f"{source.name} is already {record.precision}: quantize the FP32 ONNX it came "
+                            f"from{_origin(record)}")
     import onnx
 
     graph = onnx.load(str(source), load_external_data=False)
@@ -125,30 +129,38 @@ def _check_calibration(precision: Precision, calibration: CalibrationOptions) ->
         raise FvdeployError(f"calibration folder not found: {calibration.calib_dir}")
 
 
-def _check_target(precision: Precision, target: AccuracyTarget) -> None:
-    if not precision.quantized and target.changed():
-        flags = " ".join(AccuracyTarget.flag(n) for n in target.changed())
+def _check_accuracy(precision: Precision, accuracy: AccuracyTarget) -> None:
+    if not precision.quantized and accuracy.changed():
+        flags = " ".join(AccuracyTarget.flag(n) for n in accuracy.changed())
         raise FvdeployError(f"{flags}: an accuracy target is for calibrated precisions (--int8), not --{precision}")
-    if target.data is not None and not Path(target.data).is_dir():
-        raise FvdeployError(f"--data folder not found: {target.data}")
+    if accuracy.data is not None and not Path(accuracy.data).is_dir():
+        raise FvdeployError(f"--data folder not found: {accuracy.data}")
 
 
 def plan_quantize(source: Path, precision: Precision, output: OutputTarget,
                   calibration: CalibrationOptions = CalibrationOptions(), tolerance: Tolerance = Tolerance(),
-                  lowering: LoweringOptions = LoweringOptions(), images: ImagesOption = ImagesOption(),
-                  target: AccuracyTarget = AccuracyTarget()) -> Plan:
+                  target: TargetOptions = TargetOptions(), images: ImagesOption = ImagesOption(),
+                  accuracy: AccuracyTarget = AccuracyTarget()) -> Plan:
     _check_given(output, FormatKey.onnx)
     precision = Precision(precision)
+    if precision.quantized or target.target is not QuantTarget.tensorrt:
+        from .graph.policy import scheme_for  # onnx and numpy: not for the commands that never quantize
+
+        # a combination no scheme (or no writer) makes is refused before any file is read
+        refuse_backend(scheme_for(precision, target.target), calibration.backend)
+    if target.target is QuantTarget.onnxruntime_cpu and "keep_fp32" in target.changed():
+        raise FvdeployError("--keep-fp32 chooses ops of an FP16 float part; --target onnxruntime-cpu keeps every "
+                            "op that is not INT8 in FP32 already")
     recorded = read_onnx(source)
     _check_quantize_source(Path(source), recorded.record)
     _check_calibration(precision, calibration)
-    _check_target(precision, target)
+    _check_accuracy(precision, accuracy)
     path = output.or_default(Path(source).with_name(f"{Path(source).stem}_{precision}.onnx"))
     if path.resolve() == Path(source).resolve():
         raise FvdeployError("output would overwrite the input ONNX")
     if output.output is None:
         _output(output, FormatKey.onnx, path)
-    return Plan((QuantizeJob(Path(source), precision, path, calibration, tolerance, lowering, images, target,
+    return Plan((QuantizeJob(Path(source), precision, path, calibration, tolerance, target, images, accuracy,
                              output.overwrite, recorded),))
 
 
@@ -178,6 +190,9 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
         recorded = read_onnx(onnx)
         record = recorded.record
         desc, have, source = record.model, record.precision, Path(onnx)
+        if record.target is QuantTarget.onnxruntime_cpu:
+            raise FvdeployError(f"{source.name} was made for onnxruntime's CPU kernels (uint8 activations, the rest "
+                                f"FP32): build engines from the FP32 ONNX{_origin(record)} with --{have}")
         want = Precision(precision or have)
         if have is not Precision.fp32 and want is not have:
             raise FvdeployError(f"{source.name} is already {have}; start from the FP32 ONNX for {want}")
@@ -195,7 +210,7 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
     if want is not have:
         _check_calibration(want, calibration)
         quantized = source.with_name(f"{source.stem}_{want}.onnx")
-        intermediate.append(QuantizeJob(source, want, quantized, calibration, Tolerance(), LoweringOptions(), images,
+        intermediate.append(QuantizeJob(source, want, quantized, calibration, Tolerance(), TargetOptions(), images,
                                         AccuracyTarget(), output.overwrite, recorded))
         source, recorded = quantized, None
     engine_path = output.output or FORMATS[FormatKey.tensorrt].file_name(str(source.with_suffix("")))

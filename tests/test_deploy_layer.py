@@ -253,9 +253,9 @@ def test_every_import_points_down_the_layers():
 def _groups_samples():
     from fastervit_deploy.core.options import (
         AccuracyTarget, BatchProfile, BuilderOptions, CalibrationMethod, CalibrationOptions, ComputeUnits, CoreMLOptions,
-        DeploymentTarget, Fallback, ImagesOption, InstanceKind, LoweringOptions, OnnxOptions, OnnxSource, PrecisionFlags,
+        DeploymentTarget, Fallback, ImagesOption, InstanceKind, TargetOptions, OnnxOptions, OnnxSource, PrecisionFlags,
         QuantBackend, Simplifier, TritonBackend, TritonOptions, TunedBatchProfile)
-    from fastervit_deploy.core.precision import Precision, Tolerance
+    from fastervit_deploy.core.precision import Precision, QuantTarget, Tolerance
 
     # Every reproduced field of each group away from its default (PrecisionFlags: one flag at a time).
     return [
@@ -264,7 +264,8 @@ def _groups_samples():
         BatchProfile(2, 6), TunedBatchProfile(2, 6, 4),
         OnnxOptions(18, Simplifier.none, False, True), OnnxOptions(external_data=True),
         PrecisionFlags(fp16=True), PrecisionFlags(int8=True),
-        LoweringOptions(("LayerNormalization", "Softmax")),
+        TargetOptions(QuantTarget.onnxruntime_cpu, ("LayerNormalization", "Softmax")),
+        PrecisionFlags(fp8=True),
         CalibrationOptions(Path("calib"), 64, CalibrationMethod.max, Path("s.cache"), QuantBackend.onnxruntime,
                            ("/levels.3/*", "/head*")),
         BuilderOptions(Path("t.cache"), 2.5, 4, True),

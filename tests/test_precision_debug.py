@@ -39,7 +39,7 @@ def site(fp32: Path) -> tuple[str, str]:
     placement = plan_placement(model)
     g = Graph(model)
     tensor = model.graph.input[0].name
-    (op,) = [n.name for n in g.consumers[tensor] if n.name in placement.int8_ops]
+    (op,) = [n.name for n in g.consumers[tensor] if n.name in placement.ops]
     return tensor, op
 
 
@@ -64,7 +64,7 @@ def test_debug_names_the_planted_sites_consumer_and_ranks_its_group_first(digits
     assert all(not r["beyond"] for r in report["layers"][: report["first_beyond"]["index"]])
     ranked = report["sensitivity"]
     assert ranked[0]["op"] == op and ranked[0]["meets"] and not any(r["meets"] for r in ranked[1:])
-    assert len(ranked) == len(plan_placement(onnx.load(str(fp32))).int8_ops) == 30
+    assert len(ranked) == len(plan_placement(onnx.load(str(fp32))).ops) == 30
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -82,7 +82,7 @@ def test_fallback_auto_keeps_exactly_the_planted_group_and_inspect_accepts_only_
     assert record.parity["overall"]["cosine_min"] >= 0.99
     report = inspect_path(out)  # the written file, read back
     placement = report.finding("qdq-placement")
-    assert report.passed and placement.facts["int8_ops"] == 29 and placement.facts["excluded"] == 1
+    assert report.passed and placement.facts["quantized_ops"] == 29 and placement.facts["excluded"] == 1
     # The same graph with the exclusion edited out of its embedded record: inspect fails it.
     model = onnx.load(str(out))
     entry = next(p for p in model.metadata_props if p.key == "fvdeploy.record")

@@ -94,13 +94,13 @@ def test_a_graph_that_follows_the_policy_passes():
     onnx.checker.check_model(model)
     finding = check_qdq(model)
     assert finding.ok, finding.detail
-    assert (finding.facts["int8_ops"], finding.facts["weighted_ops"], finding.facts["qdq_pairs"]) == (1, 1, 2)
+    assert (finding.facts["quantized_ops"], finding.facts["weighted_ops"], finding.facts["qdq_pairs"]) == (1, 1, 2)
     assert inspect_model(model, expect="int8").finding("qdq-placement").ok
 
 
 def test_the_policy_places_the_same_as_the_good_graph():
     placement = plan_placement(Block("no_qdq").model())
-    assert placement.int8_ops == ("fc",)  # the weighted MatMul; not the head, not attention
+    assert placement.ops == ("fc",)  # the weighted MatMul; not the head, not attention
     assert placement.residual_adds == {"residual": 0}  # Q/DQ on the skip (input 0), not the branch
 
 

@@ -25,7 +25,6 @@ from fastervit_deploy.quantize.convert import modelopt_available
 from fastervit_deploy.artifact import read_record
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
-from .conftest import shared
 from .helpers import assert_one_line_error, cli, export_tiny, quiet_steps
 
 DIGITS_CKPT = Path(__file__).resolve().parents[1] / "fastervit_deploy" / "data" / "digits_fastervit.pth.tar"
@@ -113,14 +112,15 @@ def test_int8_accuracy_drop_within_1_point_and_the_policy_holds(digits, int8_gra
     assert report.passed, report.failure_summary()
     placement = report.finding("qdq-placement")
     # stem 2, conv blocks 4, downsamplers 3, tokenizer 1, HAT blocks 2 x 8, last block 4: 30 weighted ops
-    assert placement.ok and (placement.facts["int8_ops"], placement.facts["weighted_ops"]) == (30, 30)
+    assert placement.ok and (placement.facts["quantized_ops"], placement.facts["weighted_ops"]) == (30, 30)
     assert report.finding("precision").ok
     sites = qdq_sites(out)
     ops = {n.name: n.op_type for n in onnx.load(str(out)).graph.node}
     assert sites and {ops[n] for n, _ in sites} == {"Conv", "MatMul", "Add"}  # never LayerNorm, Softmax, head
     int8 = record.details["int8"]
-    assert int8["backend"] == backend and int8["placement"] == {"int8_ops": 30, "residual_adds": 12, "excluded": [],
-                                                                  "exclude_patterns": []}
+    assert int8["backend"] == backend and int8["scheme"] == "tensorrt-int8"
+    assert int8["placement"] == {"ops": 30, "weighted_ops": 30, "attention_matmuls": 0, "residual_adds": 12,
+                                 "excluded": [], "exclude_patterns": []}
     assert int8["calibration"]["source"] == ("images" if backend == BACKENDS[0] else "cache")
     read_record(digits["fp32"])  # the input is untouched: its sidecar's sha256 still matches (raises otherwise)
 
@@ -207,24 +207,6 @@ def test_quantize_takes_the_tolerance_options(tmp_path):
     assert side["command"][-6:-2] == ["--max-abs", "0.01", "--min-top1", "0.0"]
 
 
-@pytest.fixture(scope="session")
-def fastervit0(shared_dir):
-    """FasterViT-0 (checkpoint-like weights) as ONNX, photos to calibrate on, and where the scales go."""
-
-    def export(path: Path) -> None:
-        plan_export(ModelRequest("faster_vit_0_224"), OutputTarget(path / "fv0.onnx"), OnnxOptions(no_verify=True)).run(quiet_steps())
-        calib = path / "calib"
-        calib.mkdir()
-        for i, img in enumerate(skimage_photos()):  # real photos, plus mirrored and cropped views
-            img.save(calib / f"{i}.png")
-            img.transpose(0).save(calib / f"{i}_flip.png")
-            w, h = img.size
-            img.crop((w // 8, h // 8, w - w // 8, h - h // 8)).save(calib / f"{i}_crop.png")
-
-    root = shared(shared_dir, "fastervit0", export)
-    return root / "fv0.onnx", root / "calib", root / "fv0.cache"
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fastervit0_int8_cosine_on_photos(fastervit0, backend, tmp_path):
     fp32, calib, cache = fastervit0  # whichever backend runs first calibrates; the other reads its scales
@@ -235,7 +217,7 @@ def test_fastervit0_int8_cosine_on_photos(fastervit0, backend, tmp_path):
     assert cosine >= 0.99
     report = inspect_path(out)
     facts = report.finding("qdq-placement").facts
-    assert report.passed and (facts["int8_ops"], facts["weighted_ops"]) == (84, 84)
+    assert report.passed and (facts["quantized_ops"], facts["weighted_ops"]) == (84, 84)
 
 
 @pytest.mark.xdist_group("digits-int8")

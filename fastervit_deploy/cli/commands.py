@@ -16,7 +16,7 @@ from ..core.options import (
     CalibrationOptions,
     CoreMLOptions,
     ImagesOption,
-    LoweringOptions,
+    TargetOptions,
     ModelRequest,
     OnnxOptions,
     OnnxSource,
@@ -280,18 +280,19 @@ def quantize(
     onnx_path: Annotated[Path, typer.Argument(help="FP32 ONNX from `fvdeploy export-onnx`.", metavar="MODEL.onnx")],
     precision: PrecisionFlags,
     calibration: CalibrationOptions,
-    lowering: LoweringOptions,
+    target: TargetOptions,
     tolerance: Tolerance,
-    target: AccuracyTarget,
+    accuracy: AccuracyTarget,
     out: OutputTarget,
     images: ImagesOption,
 ) -> None:
-    """Make a precision-ready ONNX for TensorRT: FP16, or calibrated INT8 Q/DQ with the rest in FP16."""
+    """Make a precision-ready ONNX: FP16, calibrated INT8 or FP8 Q/DQ for TensorRT (the rest FP16), or INT8 for
+    onnxruntime's CPU kernels (--target onnxruntime-cpu, the rest FP32)."""
     if precision.precision is None:
         raise FvdeployError(f"choose one of {' and '.join(PrecisionFlags.flag(f.name) for f, _, _ in PrecisionFlags.declared())}")
     from ..plan import plan_quantize
 
-    plan = plan_quantize(onnx_path, precision.precision, out, calibration, tolerance, lowering, images, target)
+    plan = plan_quantize(onnx_path, precision.precision, out, calibration, tolerance, target, images, accuracy)
     _wrote(plan.run(Steps()), plan.output)
 
 

@@ -11,11 +11,19 @@ class Precision(Choice):
     fp32 = "fp32"
     fp16 = "fp16"
     int8 = "int8"
+    fp8 = "fp8"  # E4M3, Hopper and Ada GPUs (TensorRT)
 
     @property
     def quantized(self) -> bool:
         """Q/DQ graphs (calibrated scales)."""
-        return self is Precision.int8
+        return self in (Precision.int8, Precision.fp8)
+
+
+class QuantTarget(Choice):
+    """What a reduced-precision graph is made for: its Q/DQ placement, types and float part follow it."""
+
+    tensorrt = "tensorrt"  # TensorRT's fusions; the rest FP16
+    onnxruntime_cpu = "onnxruntime-cpu"  # onnxruntime's CPU integer kernels; the rest FP32
 
 
 @dataclass(frozen=True)
@@ -39,4 +47,5 @@ TOLERANCES = {
     Precision.fp32: Tolerance(max_abs=1e-4, min_cosine=0.99999, min_top1=1.0),
     Precision.fp16: Tolerance(min_cosine=0.999, min_top1=0.9),
     Precision.int8: Tolerance(min_cosine=0.99, min_top1=0.8),
+    Precision.fp8: Tolerance(min_cosine=0.99, min_top1=0.8),
 }

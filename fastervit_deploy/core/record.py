@@ -30,7 +30,7 @@ from ..system.errors import FvdeployError
 from ..system.files import published_path, sha256
 from .declare import Choice
 from .model_spec import CheckpointRef, ModelDescription
-from .precision import Precision
+from .precision import Precision, QuantTarget
 from .tensors import TensorSpec
 
 RECORD_VERSION = 2
@@ -117,6 +117,7 @@ class ArtifactRecord:
     fp32_nodes: tuple[str, ...] = ()  # kept fp32 by the FP16 lowering's overflow guard (beyond LayerNorm)
     # Weighted ops the policy would quantize, kept out of the Q/DQ precision on purpose (--exclude, --fallback)
     qdq_excluded: tuple[str, ...] = ()
+    target: QuantTarget | None = None  # what a reduced-precision graph is made for (None: FP32, any runtime)
     details: Mapping[str, Any] = field(default_factory=dict)  # format-specific facts
     checks: Mapping[str, Any] | None = None  # graph / package / engine checks
     parity: Mapping[str, Any] | None = None
@@ -134,6 +135,8 @@ class ArtifactRecord:
         except ValueError as err:
             raise FvdeployError(f"record: {err}") from err
         object.__setattr__(self, "batch_range", tuple(self.batch_range))
+        if self.target is not None:
+            object.__setattr__(self, "target", QuantTarget(self.target))
 
     def replace(self, **changes: Any) -> "ArtifactRecord":
         return dataclasses.replace(self, **changes)
@@ -160,7 +163,7 @@ class ArtifactRecord:
             "model": model, "batch_range": list(self.batch_range), "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs], "command": list(self.command),
             "source": self.source.to_dict(base) if self.source else None, "fp32_nodes": list(self.fp32_nodes),
-            "qdq_excluded": list(self.qdq_excluded),
+            "qdq_excluded": list(self.qdq_excluded), "target": self.target.value if self.target else None,
         }
 
     def to_dict(self, base: Path | None = None) -> dict:
@@ -182,7 +185,8 @@ class ArtifactRecord:
             d["format"], d["precision"], ModelDescription.from_dict(model), tuple(d["batch_range"]),
             tuple(TensorSpec.from_dict(t) for t in d["inputs"]), tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
             tuple(d.get("command", ())), FileRef.from_dict(d["source"], base) if d.get("source") else None,
-            tuple(d.get("fp32_nodes", ())), tuple(d.get("qdq_excluded", ())), d.get("details") or {}, d.get("checks"),
+            tuple(d.get("fp32_nodes", ())), tuple(d.get("qdq_excluded", ())), d.get("target"), d.get("details") or {},
+            d.get("checks"),
             d.get("parity"), tuple(d.get("notes", ())), d.get("timings_s") or {}, d.get("files") or {},
             d.get("tools") or {}, d.get("created", ""),
         )

@@ -20,7 +20,7 @@ from ..core.dtypes import from_onnx
 from ..core.record import RECORD_KEY
 from ..system.errors import FvdeployError
 from .graph import Graph
-from .policy import check_precision, check_qdq, lowered
+from .policy import check_precision, check_qdq, graph_scheme, lowered
 
 # Ops the TensorRT 10/11 ONNX parser maps to native layers, restricted to what image models use.
 TRT_NATIVE_OPS = frozenset("""
@@ -196,14 +196,17 @@ def inspect_model(model: onnx.ModelProto, path: str | Path = "", expect: str | N
     recorded = recorded_identity(model)
     expect = expect or recorded.get("precision")
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.nodes)
-    if has_qdq or expect == "int8":
-        report.findings.append(check_qdq(model, tuple(recorded.get("qdq_excluded", ()))) if has_qdq else
-                               Finding("qdq-placement", False, "the graph is labelled int8 but has no Q/DQ"))
+    scheme = graph_scheme(model, recorded) if has_qdq else None
+    if has_qdq:
+        report.findings.append(check_qdq(model, scheme, tuple(recorded.get("qdq_excluded", ()))))
+    elif expect in ("int8", "fp8"):
+        report.findings.append(Finding("qdq-placement", False, f"the graph is labelled {expect} but has no Q/DQ"))
     elif expect == "fp16" or lowered(model):
         report.findings.append(Finding("qdq-placement", True, "no Q/DQ (FP16 graph)", severity="info",
                                        facts={"qdq_pairs": 0}))
-    if lowered(model) or expect in ("fp16", "int8"):
-        report.findings.append(check_precision(model, tuple(recorded.get("fp32_nodes", ()))))
+    if lowered(model) or expect in ("fp16", "int8", "fp8"):
+        report.findings.append(check_precision(model, tuple(recorded.get("fp32_nodes", ())),
+                                               scheme.float_part if scheme is not None else "fp16"))
     return report
 
 

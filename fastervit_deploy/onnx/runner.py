@@ -8,6 +8,7 @@ import numpy as np
 
 from ..core.dtypes import from_ort
 from ..core.options import Provider
+from ..core.precision import Precision
 from ..core.record import ArtifactRecord
 from ..core.runner import Outputs, Runner
 from ..system.errors import FvdeployError, MissingDependency
@@ -32,13 +33,15 @@ def ort_providers(provider: Provider) -> list[str]:
     return list(wanted)
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, spinning: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -46,14 +49,15 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, record: ArtifactRecord | None = None, provider: Provider = Provider.cpu,
-                 threads: int | None = None, batch_range: tuple[int, int] | None = None) -> None:
+                 threads: int | None = None, batch_range: tuple[int, int] | None = None, spinning: bool = True) -> None:
         path = Path(path)
         if record is None:  # the identity the file carries
             record = embedded_record(path)
             if record is None:
                 raise FvdeployError(f"{path.name} has no fvdeploy record: open it with open_artifact and model options")
         super().__init__(record.inputs, record.outputs, batch_range or record.batch_range)
-        self.path, self.provider, self.threads = path, Provider(provider), threads
+        self.record_precision = record.precision
+        self.path, self.provider, self.threads, self.spinning = path, Provider(provider), threads, spinning
         self.session = None
         if self.provider is not Provider.cpu:
             self.name = f"onnxruntime-{self.provider.value}"
@@ -63,13 +67,23 @@ class OnnxRuntimeRunner(Runner):
 
         providers = ort_providers(self.provider)
         try:
-            self.session = ort.InferenceSession(str(self.path), session_options(self.threads), providers=providers)
+            self.session = ort.InferenceSession(str(self.path), self._options(), providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise FvdeployError(f"onnxruntime cannot load {self.path.name}: {str(err).splitlines()[0]}") from err
         if self.session.get_providers()[0] != providers[0]:  # onnxruntime falls back silently
             raise MissingDependency(f"onnxruntime could not start {providers[0]} here (missing CUDA libraries?)")
         described = lambda args: [(a.name, tuple(a.shape[1:]), from_ort(a.type).name) for a in args]  # noqa: E731
         self.agree(self.path.name, described(self.session.get_inputs()), described(self.session.get_outputs()))
+
+    def _options(self):
+        import onnxruntime as ort
+
+        opts = session_options(self.threads, self.spinning)
+        if self.record_precision is Precision.fp8 and self.provider is Provider.cpu:
+            # The CPU provider's QDQ fusions take float8 for int8 (MatMulIntegerToFloat refuses the graph); its
+            # Quantize/DequantizeLinear kernels run FP8 at the basic level, which is what the FP8 checks need.
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        return opts
 
     def deactivate(self) -> None:
         self.session = None

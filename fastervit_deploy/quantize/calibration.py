@@ -4,8 +4,9 @@
   onnxruntime's own calibrators (entropy, max, percentile) accumulate their histograms or ranges chunk
   by chunk, so memory is bounded by one chunk of activations, whatever the number of images.
 * Unreadable files are skipped and reported; every image mode (grey, RGBA, CMYK, 16-bit) is converted.
-* The result is a set of per-tensor activation scales (symmetric int8: amax / 127). Both backends
-  quantize from these scales, so the same command gives the same INT8 graph whichever is installed.
+* The result is a range per activation tensor (symmetric: [-amax, amax]; the onnxruntime CPU scheme's
+  uint8 activations take the observed [min, max]). Every backend quantizes from these ranges, so the
+  same command gives the same graph whichever is installed; symmetric int8 scales are amax / 127.
 * Scales are stored as a TensorRT calibration cache (``TRT-...`` header, ``tensor: <float32 hex>``),
   the format ModelOpt reads; a cache is validated (format, and a scale for every tensor this graph
   needs) before it is trusted.
@@ -102,12 +103,25 @@ class ImageReader:
         return self._hash.hexdigest()
 
 
+Ranges = dict[str, tuple[float, float]]  # activation tensor name -> (low, high)
+
+
+def symmetric_scales(ranges: Ranges, qmax: float = INT8_MAX) -> dict[str, float]:
+    """Symmetric scales of ranges: amax / qmax (127 for int8, 448 for FP8 E4M3)."""
+    return {t: max(abs(low), abs(high), 1e-8) / qmax for t, (low, high) in ranges.items()}
+
+
 @dataclass
 class Calibration:
-    scales: dict[str, float]  # activation tensor name -> symmetric int8 scale (amax / 127)
+    ranges: Ranges
     source: str  # "images" or "cache"
     facts: dict = field(default_factory=dict)  # counts, chunk shape, image-list hash (for the record)
-    candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # --method auto: each method's scales
+    candidates: dict[str, Ranges] = field(default_factory=dict)  # --method auto: each method's ranges
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """Symmetric int8 scales (what a TensorRT calibration cache stores)."""
+        return symmetric_scales(self.ranges)
 
 
 def _tensor_bytes(model: onnx.ModelProto, names: set[str]) -> int:
@@ -136,8 +150,8 @@ SINGLE_METHODS = (CalibrationMethod.max, CalibrationMethod.entropy, CalibrationM
 class _EveryMethod:
     """A histogram collector that feeds one collector per method with the same activations (one pass)."""
 
-    def __init__(self, ort) -> None:
-        self.collectors = {m: ort.HistogramCollector(method=m.value, symmetric=True, scenario="same",
+    def __init__(self, ort, symmetric: bool) -> None:
+        self.collectors = {m: ort.HistogramCollector(method=m.value, symmetric=symmetric, scenario="same",
                                                      **{"percentile": 99.999, "num_quantized_bins": 128,
                                                         **_HISTOGRAMS[m]}) for m in _HISTOGRAMS}
 
@@ -154,7 +168,7 @@ class _EveryMethod:
         return out
 
 
-def _calibrator(method: CalibrationMethod, model_path: Path, needed: set[str], augmented: Path):
+def _calibrator(method: CalibrationMethod, model_path: Path, needed: set[str], augmented: Path, symmetric: bool):
     """onnxruntime's calibrator for ``method`` (for ``auto``, one that collects for all three), recording only
     the ``needed`` tensors (not every input and output of every node of their types: several times the
     memory and time)."""
@@ -172,34 +186,33 @@ def _calibrator(method: CalibrationMethod, model_path: Path, needed: set[str], a
             tensors, value_infos = super().select_tensors_to_calibrate(model)
             return tensors & needed, value_infos
 
-    calibrator = OnlyNeeded(model_path, None, str(augmented), symmetric=True, **settings)
+    calibrator = OnlyNeeded(model_path, None, str(augmented), symmetric=symmetric, **settings)
     calibrator.augment_graph()
     calibrator.create_inference_session()
     if method is CalibrationMethod.auto:
-        calibrator.collector = _EveryMethod(ort)  # collect_data feeds it instead of a collector of its own
+        calibrator.collector = _EveryMethod(ort, symmetric)  # collect_data feeds it instead of a collector of its own
     return calibrator
 
 
-def _scales(ranges: dict[str, tuple[float, float]], needed: set[str]) -> dict[str, float]:
-    scales = {}
-    for name in sorted(needed):
-        if name not in ranges:
-            raise FvdeployError(f"calibration gave no range for tensor {name}")
-        low, high = ranges[name]
-        scales[name] = max(abs(low), abs(high), 1e-8) / INT8_MAX
-    return scales
+def _complete(ranges: Ranges, needed: set[str], symmetric: bool) -> Ranges:
+    missing = sorted(needed - set(ranges))
+    if missing:
+        raise FvdeployError(f"calibration gave no range for tensor {missing[0]}")
+    if not symmetric:
+        return {t: ranges[t] for t in sorted(needed)}
+    return {t: (-max(abs(lo), abs(hi)), max(abs(lo), abs(hi))) for t, (lo, hi) in sorted(ranges.items()) if t in needed}
 
 
 def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size: tuple[int, int], pre: Preprocessing,
-              method: CalibrationMethod, workdir: Path, note: Callable[[str], None]) -> Calibration:
-    """Scales for the ``needed`` activation tensors from real images, streamed in chunks."""
+              method: CalibrationMethod, workdir: Path, note: Callable[[str], None], symmetric: bool = True) -> Calibration:
+    """Ranges of the ``needed`` activation tensors from real images, streamed in chunks."""
     model = onnx.load(str(model_path), load_external_data=False)
     files = list_images(folder, limit)
     if len(files) < min(limit, MIN_RECOMMENDED_IMAGES):
         note(f"calibrating on {len(files)} images (NVIDIA recommends {MIN_RECOMMENDED_IMAGES} or more)")
     reader = ImageReader(folder, files, model.graph.input[0].name, size, pre)
     chunk = chunk_size(model, needed)
-    calibrator = _calibrator(method, model_path, needed, workdir / "augmented.onnx")
+    calibrator = _calibrator(method, model_path, needed, workdir / "augmented.onnx", symmetric)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime's histogram collectors print progress
             for start in range(0, len(files), chunk):
@@ -209,11 +222,11 @@ def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size
             if not reader.used:
                 raise FvdeployError(f"no readable image in {folder} ({reader.skipped[0]})")
             if method is CalibrationMethod.auto:
-                candidates = {m.value: _scales(r, needed) for m, r in calibrator.collector.ranges().items()}
+                candidates = {m.value: _complete(r, needed, symmetric) for m, r in calibrator.collector.ranges().items()}
             else:
                 ranges = calibrator.compute_data()
-                candidates = {method.value: _scales({t: tuple(float(np.asarray(v).reshape(-1)[0]) for v in
-                                                           ranges[t].range_value) for t in ranges}, needed)}
+                candidates = {method.value: _complete({t: tuple(float(np.asarray(v).reshape(-1)[0]) for v in
+                                                              ranges[t].range_value) for t in ranges}, needed, symmetric)}
     finally:
         del calibrator
     if reader.skipped:
@@ -259,4 +272,5 @@ def read_cache(path: Path, needed: set[str]) -> Calibration:
         raise FvdeployError(f"calibration cache {path} has no scale for {len(missing)} of the {len(needed)} tensors this "
                             f"graph quantizes (e.g. {missing[0]}): it was made for another model; pass --calib-dir "
                             "to recalibrate")
-    return Calibration({n: scales[n] for n in sorted(needed)}, "cache", {"tensors": len(needed), "images": 0})
+    ranges = {n: (-scales[n] * INT8_MAX, scales[n] * INT8_MAX) for n in sorted(needed)}
+    return Calibration(ranges, "cache", {"tensors": len(needed), "images": 0})

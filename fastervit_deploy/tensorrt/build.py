@@ -20,7 +20,7 @@ from ..system.optional import gpu_description, import_tensorrt, tensorrt_major
 from ..system.progress import Steps, console, progress_bar
 from .audit import audit
 from .job import BuildJob
-from .profile import Profile
+from .profile import Profile, unsupported_precision
 
 
 def _progress_monitor(trt, out: Console):
@@ -70,6 +70,10 @@ def parse_onnx(trt, network, logger, onnx_path: Path) -> None:
 def build_engine(job: BuildJob, steps: Steps) -> ArtifactRecord:
     source = job.source_artifact or read_artifact(job.source, metadata.read_identity)
     trt = import_tensorrt(f"; build where TensorRT runs with: {job.trtexec()}")
+    gpu = gpu_description()
+    refused = unsupported_precision(source.record.precision, gpu["compute_capability"])
+    if refused:
+        raise FvdeployError(f"{gpu['name']}: {refused}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -104,7 +108,7 @@ def build_engine(job: BuildJob, steps: Steps) -> ArtifactRecord:
             tmp_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     record = source.record.derive(
         format=FormatKey.tensorrt, command=job.argv(), source=source.ref, batch_range=job.profile.range,
-        details={"tensorrt": trt.__version__, "gpu": gpu_description(), "profile": profile.to_dict(),
+        details={"tensorrt": trt.__version__, "gpu": gpu, "profile": profile.to_dict(),
                  "builder_optimization_level": opts.opt_level, "version_compatible": opts.version_compatible,
                  "timing_cache": str(opts.timing_cache) if opts.timing_cache else None},
     )

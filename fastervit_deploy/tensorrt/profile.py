@@ -9,6 +9,19 @@ from pathlib import Path
 from ..core.options import BuilderOptions
 
 
+# TensorRT runs FP8 on Hopper and Ada (compute capability 8.9 and 9.0+); earlier GPUs have no FP8 tensor cores.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def unsupported_precision(precision: str, capability: str) -> str | None:
+    """Why a GPU of this compute capability ("8.6") cannot run an engine of this precision, or None."""
+    major, minor = (int(v) for v in capability.split(".")[:2])
+    if precision == "fp8" and (major, minor) < FP8_MIN_CAPABILITY:
+        return (f"FP8 engines need compute capability {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]} or newer (Ada, "
+                f"Hopper); this GPU is {capability}: use --int8 or --fp16")
+    return None
+
+
 @dataclass(frozen=True)
 class Profile:
     """One optimization profile over the batch dimension (C/H/W are fixed in our graphs)."""

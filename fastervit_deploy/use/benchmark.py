@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ from ..core.options import ModelRequest, RunOptions
 from ..core.reference import TorchRunner
 from ..system.errors import FvdeployError
 from ..system.files import atomic_output
+from ..system.machine import cpu
 from ..system.progress import progress_bar
 
 
@@ -79,17 +80,12 @@ def results_table(results: list[dict], title: str = "latency (ms) and throughput
 
 
 def machine(threads: int | None) -> dict:
-    """What the figures depend on: CPU, cores, threads used, and the tool versions."""
+    """What the figures depend on: CPU, its integer instruction sets, cores, threads used, and the tool versions."""
     from ..core.record import tool_versions
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads or os.cpu_count(), "system": platform.system(),
-            "versions": tool_versions()}
+    facts = cpu()
+    return {"cpu": facts["cpu"], "cores": facts["cores"], "threads": threads or facts["cores"], "isa": facts["flags"],
+            "vnni": facts["vnni"], "system": platform.system(), "versions": tool_versions()}
 
 
 def plot(results: list[dict], path: Path, info: dict) -> None:
@@ -134,6 +130,9 @@ def benchmark(paths: list[Path], model: ModelRequest, runtime: RunOptions, sizes
     if min(sizes) < 1:
         raise FvdeployError("batch sizes must be at least 1")
     arts = [open_artifact(a, model) for a in paths]
+    for art in arts:
+        if art.runtime_note(runtime):
+            console.print(art.runtime_note(runtime), markup=False, highlight=False, soft_wrap=True)
     first = arts[0]
     for art in arts[1:]:
         if art.model.input.shape != first.model.input.shape:
@@ -147,6 +146,7 @@ def benchmark(paths: list[Path], model: ModelRequest, runtime: RunOptions, sizes
             raise FvdeployError(f"batch {outside[0]} is outside {art.path.name}'s batch range {low}..{high}")
     desc = first.model
     fns = {}
+    runtime = dataclasses.replace(runtime, spinning=False)  # runners take turns: none may keep the cores busy
     with contextlib.ExitStack() as stack:
         for art in arts:
             runner = stack.enter_context(art.runner(runtime))

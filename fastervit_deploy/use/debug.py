@@ -19,12 +19,12 @@ from rich.console import Console
 
 from ..artifact import Artifact, open_artifact
 from ..core.classes import ClassMap
-from ..core.precision import TOLERANCES, Precision, Tolerance
+from ..core.precision import TOLERANCES, Precision, QuantTarget, Tolerance
 from ..core.record import FormatKey
 from ..data.images import batch_of, load_batch, open_image, preprocess
 from ..data.labelled import open_labelled
 from ..graph.graph import Graph
-from ..graph.policy import plan_placement, weight_input
+from ..graph.policy import plan_placement, scheme_for, weight_input
 from ..onnx.runner import session_options
 from ..quantize.trials import Labelled, Scorer, sensitivity
 from ..system.errors import FvdeployError
@@ -33,7 +33,7 @@ from ..system.progress import progress_bar
 FP16_MAX = 65504.0
 # Intermediate tensors carry more rounding than the logits (errors average out downstream): the default
 # layer tolerance is looser than the output's for Q/DQ graphs. A broken scale gives cosines far below it.
-LAYER_COSINE = {Precision.fp16: 0.999, Precision.int8: 0.95}
+LAYER_COSINE = {Precision.fp16: 0.999, Precision.int8: 0.95, Precision.fp8: 0.95}
 IMAGES = 8
 CHUNK = 2  # images per run: every intermediate tensor of a chunk is held at once
 _BLOCK = re.compile(r"^(/levels\.\d+/blocks\.\d+/)")
@@ -177,8 +177,8 @@ def debug(candidate_path: Path, reference_path: Path | None, images: Path | None
               "first_beyond": next((r for r in rows if r["first"]), None)}
     quantized = any(n.op_type == "QuantizeLinear" for n in cand_model.graph.node)
     if with_sensitivity and quantized:
-        excluded = candidate.record.qdq_excluded
-        groups = plan_placement(ref_model, excluded).groups()
+        scheme = scheme_for(candidate.record.precision, candidate.record.target or QuantTarget.tensorrt)
+        groups = plan_placement(ref_model, scheme, candidate.record.qdq_excluded).groups()
         with reference.runner() as runner:
             references = runner.infer(x)
             if labelled is not None:

@@ -10,6 +10,7 @@ confusion matrix) are updated batch by batch, so memory stays flat in the data s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,11 +73,13 @@ def _classifier(member_model: ModelDescription, what: str) -> int:
     return member_model.config.num_classes
 
 
-def _members(paths: list[Path], model: ModelRequest, reference: Path | None,
-             runtime: RunOptions) -> tuple[Member, list[Member]]:
+def _members(paths: list[Path], model: ModelRequest, reference: Path | None, runtime: RunOptions,
+             console: Console) -> tuple[Member, list[Member]]:
     arts = [open_artifact(p, model) for p in paths]
     for art in arts:  # before the reference is built
         _classifier(art.model, art.path.name)
+        if art.runtime_note(runtime):
+            console.print(art.runtime_note(runtime), markup=False, highlight=False, soft_wrap=True)
     if reference is not None:
         ref_art = open_artifact(reference, model)
         ref = Member(f"reference:{ref_art.path.name}", ref_art.model, ref_art.runner(runtime), ref_art)
@@ -165,7 +168,9 @@ def evaluate(paths: list[Path], data_dir: Path, model: ModelRequest, runtime: Ru
              limit: int | None = None, speed_batch: int | None = None, warmup: int = 3, iterations: int = 10,
              confusion_plot: bool = False) -> dict:
     """The evaluation report (JSON-able): data, the reference's figures and every artifact's."""
-    ref, members = _members(paths, model, reference, runtime)
+    if speed_batch:  # the runners take turns in the timing: none may keep the cores busy (RunOptions.spinning)
+        runtime = dataclasses.replace(runtime, spinning=False)
+    ref, members = _members(paths, model, reference, runtime, console)
     names = ref.model.labels()
     if confusion_plot and len(names) > MAX_PLOTTED_CLASSES:
         raise FvdeployError(f"--plot draws confusion matrices of up to {MAX_PLOTTED_CLASSES} classes; the model has "
