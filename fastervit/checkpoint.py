@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import pickle
 import tempfile
@@ -122,6 +123,19 @@ def _unused_by_backbone(model: nn.Module, key: str) -> bool:
 def has_feature_norms(state: Mapping[str, Any]) -> bool:
     """A detection backbone's per-level channel LayerNorms (``norm0``.., and a ``norm`` that is no BatchNorm)."""
     return any(f"norm{i}.weight" in state for i in range(3)) or ("norm.weight" in state and "norm.running_mean" not in state)
+
+
+STEM = "patch_embed."  # every FasterViT state_dict has its stem's keys at the top
+
+
+def nested_prefix(state: Mapping[str, Any]) -> str | None:
+    """The prefix a model's keys sit under when the state has no stem at the top (a detector's ``backbone.0.``),
+    or None: a FasterViT checkpoint at the top level, or no FasterViT inside."""
+    if any(k.startswith(STEM) for k in state):
+        return None
+    found = collections.Counter(k.split(STEM)[0] for k in state if STEM in k)
+    found = collections.Counter({p: n for p, n in found.items() if p.endswith(".")})
+    return found.most_common(1)[0][0] if found else None
 
 
 def take_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], int]:

@@ -17,6 +17,19 @@ class UnsupportedResolutionError(FasterViTError):
     """The architecture cannot run at the requested input size."""
 
 
+class CarrierSizeError(UnsupportedResolutionError):
+    """The carrier-token size cannot work with the windows, at any input size."""
+
+
+def check_carrier_size(cfg: FasterViTConfig) -> None:
+    """Carrier tokens pool each window of a hierarchical-attention stage into ct_size x ct_size tokens, so
+    ct_size cannot exceed the window (beyond it the tokenizer's stride would be 0)."""
+    for i in TRANSFORMER_STAGES:
+        if cfg.hat[i] and cfg.ct_size > cfg.window_size[i]:
+            raise CarrierSizeError(f"carrier size {cfg.ct_size} is larger than stage {i}'s window "
+                                   f"{cfg.window_size[i]}: carrier tokens pool a window (ct_size 1..{cfg.window_size[i]})")
+
+
 @dataclass(frozen=True)
 class StagePlan:
     index: int
@@ -62,6 +75,7 @@ def _round_up(n: int, m: int) -> int:
 
 def plan_stages(cfg: FasterViTConfig) -> list[StagePlan]:
     """Plan every stage, raising UnsupportedResolutionError where the official model would fail."""
+    check_carrier_size(cfg)
     H, W = cfg.resolution
     sizes = runtime_stage_sizes(cfg.resolution)
     plans = []
@@ -116,6 +130,8 @@ def check_resolution(cfg: FasterViTConfig) -> list[StagePlan]:
     """plan_stages with an error message that says which sizes would work."""
     try:
         return plan_stages(cfg)
+    except CarrierSizeError:
+        raise  # no input size helps
     except UnsupportedResolutionError as err:
         near = nearby_resolutions(cfg)
         hint = f"; sizes that work nearby: {', '.join(f'{h}x{w}' for h, w in near)}" if near else ""

@@ -116,11 +116,11 @@ class Format:
 
 
 FORMATS: dict[FormatKey, Format] = {f.key: f for f in (
-    Format(FormatKey.onnx, (".onnx",), "ONNX graph (onnxruntime)", (Precision.fp32, Precision.fp16, Precision.int8),
+    Format(FormatKey.onnx, (".onnx",), "ONNX graph (onnxruntime)", tuple(Precision),
            ("export-onnx", "quantize"), ((ExportJob, _export_onnx), (QuantizeJob, _quantize)), _onnx_runner,
            lambda: None, onnxruntime_missing, _onnx_identity, triton=TritonServing("onnxruntime_onnx", "model.onnx"),
            runs_on_providers=True),
-    Format(FormatKey.tensorrt, (".plan", ".engine"), "TensorRT engine", (Precision.fp32, Precision.fp16, Precision.int8),
+    Format(FormatKey.tensorrt, (".plan", ".engine"), "TensorRT engine", tuple(Precision),
            ("build-trt",), ((BuildJob, _build_engine),), _tensorrt_runner, tensorrt_missing, tensorrt_missing,
            triton=TritonServing("tensorrt_plan", "model.plan")),
     Format(FormatKey.coreml, (".mlpackage",), "Core ML ML Program", CoreMLOptions.declaration("precision").choices,

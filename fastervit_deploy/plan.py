@@ -12,7 +12,7 @@ import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from .core.model_spec import resolve_model
 from .core.options import (
@@ -30,13 +30,13 @@ from .core.options import (
 )
 from .core.precision import Precision, QuantTarget, Tolerance
 from .artifact import read_recorded
-from .core.record import FormatKey, RecordedArtifact
+from .core.record import FormatKey, NoRecord, RecordedArtifact, files_read
 from .coreml.job import CoreMLJob
 from .formats import FORMATS, run_job
 from .onnx.job import ExportJob
 from .quantize.job import QuantizeJob, refuse_backend
 from .system.errors import FvdeployError, MissingDependency
-from .system.files import check_output, sha256
+from .system.files import check_output, check_writable, sha256
 from .system.optional import coremltools_missing, tensorrt_missing
 from .tensorrt.job import BuildJob
 
@@ -79,15 +79,16 @@ class Plan:
         return record
 
 
-def _output(output: OutputTarget, key: FormatKey, default: str | Path | None = None) -> Path:
+def _output(output: OutputTarget, key: FormatKey, default: str | Path | None = None, inputs: Sequence[Path] = ()) -> Path:
     """The output path, checked (once): the one given, else ``default``."""
-    return check_output(output.or_default(default), output.overwrite, FORMATS[key].suffixes, FORMATS[key].package)
+    return check_output(output.or_default(default), output.overwrite, FORMATS[key].suffixes, FORMATS[key].package,
+                        inputs)
 
 
-def _check_given(output: OutputTarget, key: FormatKey) -> None:
+def _check_given(output: OutputTarget, key: FormatKey, inputs: Sequence[Path] = ()) -> None:
     """An output path given on the command line is checked before anything else (no model, no file read)."""
     if output.output is not None:
-        _output(output, key)
+        _output(output, key, inputs=inputs)
 
 
 def read_onnx(path: Path) -> RecordedArtifact:
@@ -95,14 +96,18 @@ def read_onnx(path: Path) -> RecordedArtifact:
         raise FvdeployError(f"ONNX file not found: {path}")
     if Path(path).suffix.lower() not in FORMATS[FormatKey.onnx].suffixes:
         raise FvdeployError(f"{path} is not an .onnx file")
-    return read_recorded(path)
+    try:
+        return read_recorded(path)
+    except NoRecord as err:  # the graph alone does not say which model, weights or batch range it holds
+        raise NoRecord(f"{err}: start from an ONNX that `fvdeploy export-onnx --model NAME` made") from None
 
 
 def plan_export(model: ModelRequest, output: OutputTarget, onnx: OnnxOptions = OnnxOptions(),
                 batch: BatchProfile = BatchProfile(), images: ImagesOption = ImagesOption()) -> Plan:
-    _check_given(output, FormatKey.onnx)
+    inputs = files_read(model.checkpoint)
+    _check_given(output, FormatKey.onnx, inputs)
     desc = resolve_model(model)
-    path = output.output or _output(output, FormatKey.onnx, FORMATS[FormatKey.onnx].file_name(desc.stem))
+    path = output.output or _output(output, FormatKey.onnx, FORMATS[FormatKey.onnx].file_name(desc.stem), inputs)
     return Plan((ExportJob(desc, Path(path), onnx, batch, images, output.overwrite),))
 
 
@@ -126,7 +131,14 @@ def _check_calibration(precision: Precision, calibration: CalibrationOptions) ->
     if precision.quantized and calibration.calib_dir is None and not calibration.cache_hit:
         raise FvdeployError(f"--{precision} needs --calib-dir (a folder of real images) or an existing --calib-cache")
     if calibration.calib_dir is not None and not Path(calibration.calib_dir).is_dir():
-        raise FvdeployError(f"calibration folder not found: {calibration.calib_dir}")
+        given = Path(calibration.calib_dir)
+        raise FvdeployError(f"--calib-dir {given} is a file: give the folder of calibration images" if given.exists()
+                            else f"calibration folder not found: {given}")
+    cache = calibration.calib_cache
+    if cache is not None and not calibration.cache_hit and precision.quantized:  # written after calibrating
+        if Path(cache).is_dir():
+            raise FvdeployError(f"--calib-cache {cache} is a folder: give the cache file's path")
+        check_writable(Path(cache), "--calib-cache")  # now, not after half an hour of calibration
 
 
 def _check_accuracy(precision: Precision, accuracy: AccuracyTarget) -> None:
@@ -141,7 +153,8 @@ def plan_quantize(source: Path, precision: Precision, output: OutputTarget,
                   calibration: CalibrationOptions = CalibrationOptions(), tolerance: Tolerance = Tolerance(),
                   target: TargetOptions = TargetOptions(), images: ImagesOption = ImagesOption(),
                   accuracy: AccuracyTarget = AccuracyTarget()) -> Plan:
-    _check_given(output, FormatKey.onnx)
+    inputs = files_read(source, calibration.calib_cache, accuracy.labels_file)
+    _check_given(output, FormatKey.onnx, inputs)
     precision = Precision(precision)
     if precision.quantized or target.target is not QuantTarget.tensorrt:
         from .graph.policy import scheme_for  # onnx and numpy: not for the commands that never quantize
@@ -156,12 +169,24 @@ def plan_quantize(source: Path, precision: Precision, output: OutputTarget,
     _check_calibration(precision, calibration)
     _check_accuracy(precision, accuracy)
     path = output.or_default(Path(source).with_name(f"{Path(source).stem}_{precision}.onnx"))
-    if path.resolve() == Path(source).resolve():
-        raise FvdeployError("output would overwrite the input ONNX")
     if output.output is None:
-        _output(output, FormatKey.onnx, path)
+        _output(output, FormatKey.onnx, path, inputs)
     return Plan((QuantizeJob(Path(source), precision, path, calibration, tolerance, target, images, accuracy,
                              output.overwrite, recorded),))
+
+
+def _built_from(job: Job) -> str:
+    """Advice for an intermediate ONNX that exists: build from it, if it is what this stage would make."""
+    try:
+        record = read_recorded(job.output).record
+    except FvdeployError:
+        return ""
+    source = getattr(job, "source", None)
+    same_source = record.source is not None and source is not None and Path(source).is_file() and \
+        record.source.sha256 == sha256(source)
+    if record.precision is getattr(job, "precision", Precision.fp32) and (same_source or source is None):
+        return f"; or, if it will do, build from it: fvdeploy build-trt --onnx {shlex.quote(str(job.output))}"
+    return ""
 
 
 def _reusable(job: Job, upstream_reused: bool) -> bool:
@@ -183,7 +208,10 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
                    onnx_options: OnnxOptions = OnnxOptions(), images: ImagesOption = ImagesOption()) -> Plan:
     if (onnx is None) == (model.model is None):
         raise FvdeployError("give exactly one of --onnx and --model")
-    _check_given(output, FormatKey.tensorrt)
+    inputs = files_read(onnx, model.checkpoint, calibration.calib_cache)
+    _check_given(output, FormatKey.tensorrt, inputs)
+    if builder.timing_cache is not None:
+        check_writable(Path(builder.timing_cache), "--timing-cache")  # rewritten after the build
     intermediate: list[Job] = []
     recorded = None
     if onnx is not None:
@@ -197,6 +225,9 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
         if have is not Precision.fp32 and want is not have:
             raise FvdeployError(f"{source.name} is already {have}; start from the FP32 ONNX for {want}")
         low, high = record.batch_range
+        given = profile.changed()  # a bound left out is the ONNX's own: the engine serves what the export does
+        profile = dataclasses.replace(profile, min_batch=profile.min_batch if "min_batch" in given else low,
+                                      max_batch=profile.max_batch if "max_batch" in given else high)
         if not low <= profile.min_batch <= profile.max_batch <= high:
             raise FvdeployError(f"profile {profile.min_batch}..{profile.max_batch} is outside {source.name}'s batch "
                                 f"range {low}..{high} (re-export it with --min-batch/--max-batch)")
@@ -216,14 +247,17 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
     engine_path = output.output or FORMATS[FormatKey.tensorrt].file_name(str(source.with_suffix("")))
     engine = BuildJob(source, desc, profile, Path(engine_path), builder, output.overwrite, recorded)
     if output.output is None:
-        _output(output, FormatKey.tensorrt, engine.output)
+        _output(output, FormatKey.tensorrt, engine.output, inputs)
     stages, reused, upstream = [], [], True
     for job in intermediate:
         upstream = _reusable(job, upstream)
         if upstream:
             reused.append(job.output)
             continue
-        check_output(job.output, job.overwrite, FORMATS[FormatKey.onnx].suffixes)
+        if job.output.exists() and not job.overwrite:
+            raise FvdeployError(f"{job.output} exists, made by another command: pass --overwrite to make it again, or "
+                                f"-o to build elsewhere{_built_from(job)}")
+        check_output(job.output, job.overwrite, FORMATS[FormatKey.onnx].suffixes, inputs=inputs)
         stages.append(job)
     return Plan((*stages, engine), tuple(reused))
 
@@ -246,11 +280,12 @@ def require_tensorrt(plan: Plan) -> None:
 
 
 def plan_coreml(model: ModelRequest, output: OutputTarget, options: CoreMLOptions = CoreMLOptions()) -> Plan:
-    _check_given(output, FormatKey.coreml)
+    inputs = files_read(model.checkpoint)
+    _check_given(output, FormatKey.coreml, inputs)
     missing = coremltools_missing()
     if missing:
         raise MissingDependency(f"Core ML conversion needs coremltools ({missing}): pip install 'fvdeploy[coreml]'")
     desc = resolve_model(model)
     extra = tuple(resolve_model(dataclasses.replace(model, resolution=r)) for r in options.resolutions)
-    path = output.output or _output(output, FormatKey.coreml, FORMATS[FormatKey.coreml].file_name(desc.stem))
+    path = output.output or _output(output, FormatKey.coreml, FORMATS[FormatKey.coreml].file_name(desc.stem), inputs)
     return Plan((CoreMLJob(desc, Path(path), options, extra, output.overwrite),))

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import platform
+import signal
 
 import numpy as np
 import pytest
@@ -134,3 +135,43 @@ def test_the_classifier_names_the_models_own_classes(tmp_path):
               for v in classify.inputs["classes"].arguments[0].value.immediateValue.list.values]
     assert labels == names
     assert "probabilities of 10 classes" in spec.description.metadata.shortDescription
+
+
+def test_the_package_holds_what_its_manifest_lists_and_nothing_else(tmp_path):
+    """coremltools writes ExecuTorch's debug-handle map (200+ KB) beside the model; a shipped package needs it not."""
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    out = tmp_path / "m.mlpackage"
+    assert cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", out).exit_code == 0
+    manifest = json.loads((out / "Manifest.json").read_text())
+    listed = {f"Data/{item['path']}" for item in manifest["itemInfoEntries"].values()}
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    unlisted = [f for f in files - {"Manifest.json"} if not any(f == x or f.startswith(x + "/") for x in listed)]
+    assert unlisted == [] and any(f.endswith("model.mlmodel") for f in files)
+    assert not (out / "executorch_debug_handle_mapping.json").exists()
+    ct.models.MLModel(str(out), skip_model_load=True).get_spec()  # still a package coremltools reads
+
+
+def test_ctrl_c_during_conversion_leaves_no_temporary_folder(tmp_path):
+    from .helpers import interrupt, leftovers, spawn, wait_for_line
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = spawn(["coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", tmp_path / "m.mlpackage"],
+                 tmp_path, tmpdir)
+    wait_for_line(proc, "✓ torch.export")  # converting now: coremltools' own temporary package is being made
+    returncode, took, rest = interrupt(proc, signal.SIGINT, to_group=True)
+    assert returncode == 130 and took < 5, (returncode, took, rest)
+    assert "Traceback" not in rest and leftovers(tmpdir) == []
+    assert not (tmp_path / "m.mlpackage").exists()
+
+
+def test_verify_on_linux_says_it_cannot_run_a_package_before_building_anything(tmp_path):
+    if platform.system() == "Darwin":
+        pytest.skip("macOS runs Core ML predictions")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    out = tmp_path / "m.mlpackage"
+    assert cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", out).exit_code == 0
+    result = cli("verify", out)
+    assert_one_line_error(result, r"Core ML predictions need macOS", 3)
+    assert "✓" not in result.output and "Failed to load" not in result.output  # no reference built, no import noise

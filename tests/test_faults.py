@@ -10,7 +10,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,60 +20,7 @@ from fastervit_deploy.system.errors import FvdeployError
 from fastervit_deploy.system.files import atomic_output
 from fastervit_deploy.quantize.convert import modelopt_available
 
-from .helpers import assert_one_line_error, cli, export_tiny, tiny_checkpoint
-
-# The console script, with SIGINT at its default even where the test runner was started in the background
-# (a shell then ignores SIGINT for its children, and fvdeploy rightly keeps ignoring it).
-FVDEPLOY = [sys.executable, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-            "from fastervit_deploy.cli import main; sys.argv[0] = 'fvdeploy'; main()"]
-
-
-def spawn(args, cwd, tmpdir, **kw) -> subprocess.Popen:
-    env = {**os.environ, "TMPDIR": str(tmpdir), "COLUMNS": "200"}
-    return subprocess.Popen([*FVDEPLOY, *map(str, args)], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
-
-
-def wait_for_line(proc: subprocess.Popen, marker: str, limit_s: float = 240) -> list[str]:
-    """Read stderr until a line contains ``marker`` (the step the signal should interrupt has begun)."""
-    seen, deadline = [], time.monotonic() + limit_s
-    for line in proc.stderr:
-        seen.append(line)
-        if marker in line or time.monotonic() > deadline:
-            return seen
-    raise AssertionError(f"{marker!r} never printed: {''.join(seen)}")
-
-
-def leftovers(tmpdir: Path) -> list[str]:
-    """What is left in the temp folder, less the libraries' own per-user files (onnxruntime's `.ses`
-    session id, torch's `torchinductor_<user>` cache folder)."""
-    return [p.name for p in tmpdir.iterdir() if p.name != ".ses" and not p.name.startswith("torchinductor_")]
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def interrupt(proc: subprocess.Popen, sig: int, to_group: bool) -> tuple[int, float, str]:
-    start = time.monotonic()
-    (os.killpg if to_group else os.kill)(proc.pid, sig)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("fvdeploy did not end within 10 s of the signal") from None
-    took = time.monotonic() - start
-    rest = proc.stderr.read()
-    deadline = time.monotonic() + 5
-    while group_alive(proc.pid) and time.monotonic() < deadline:  # workers die with fvdeploy
-        time.sleep(0.1)
-    assert not group_alive(proc.pid), "a worker process outlived fvdeploy"
-    return proc.returncode, took, rest
-
+from .helpers import FVDEPLOY, assert_one_line_error, cli, export_tiny, interrupt, leftovers, spawn, tiny_checkpoint, wait_for_line
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_export_ends_within_5s_and_leaves_nothing(tmp_path, sig, code):
@@ -186,7 +132,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path):
     for option, name in (("--json", "b.json"), ("--plot", "b.png")):
         start = time.monotonic()
         result = cli("benchmark", path, option, Path("/proc") / name)  # not writable, even for root
-        assert_one_line_error(result, r"output folder /proc is not writable", code=2)
+        assert_one_line_error(result, rf"{option} folder /proc is not writable", code=2)
         assert "benchmarking" not in result.output and time.monotonic() - start < 5
 
 

@@ -160,7 +160,7 @@ def test_predict_labels_held_out_digits_through_every_precision(digits, int8_gra
     _, _, test, y_test = digits_split()
     files = [p for p in sorted(write_folder(test[:24], tmp_path / "digits").iterdir())]
     for artifact in (digits["fp32"], *(out for out, _ in int8_graphs[0].values())):
-        result = cli("predict", artifact, *files, "--top", 3, "--json", tmp_path / "p.json")
+        result = cli("predict", artifact, *files, "--top", 3, "--json", tmp_path / "p.json", "--overwrite")
         assert result.exit_code == 0, result.output
         rows = json.loads((tmp_path / "p.json").read_text())["predictions"]
         assert [r["image"] for r in rows] == [str(f) for f in files]

@@ -1,8 +1,13 @@
 """`fvdeploy triton`: repositories checked with Triton's own schema, then served for real by tritonserver."""
 
+import contextlib
 import io
 import json
+import re
+import signal
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,7 +21,10 @@ from fastervit_deploy.core.reference import TorchRunner
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 from fastervit_deploy.triton.repository import parse_config
 
-from .helpers import assert_one_line_error, cli, export_tiny
+import fastervit_deploy
+from fastervit_deploy.triton.local import free_port
+
+from .helpers import assert_one_line_error, cli, export_tiny, interrupt, leftovers, spawn, wait_for_line
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -173,3 +181,107 @@ def test_the_repository_readme_keeps_one_section_per_model(artifacts, tmp_path):
     again = readme_sections((repo / "README.md").read_text())
     assert list(again) == ["cls", "feat"] and again["feat"] == first["feat"]
     assert "instances: 3 x GPU" in again["cls"] and "instances: 1 x GPU" in first["cls"]
+
+
+# ---- faults round 3: names, the local server's life, the README's client ------------------------------------------
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 201])
+def test_a_model_name_is_one_folder_name_triton_accepts(artifacts, tmp_path, name):
+    _, classifier, _ = artifacts
+    repo = tmp_path / "repo"
+    result = cli("triton", classifier, "--repository", repo, "--name", name)
+    assert_one_line_error(result, r"is not a Triton model name: one folder name of letters, digits", 2)
+    assert not repo.exists() and not (tmp_path / "escape").exists()  # nothing written, not even the repository
+
+
+def test_overwrite_never_replaces_the_folder_an_input_lives_in(artifacts, tmp_path):
+    _, classifier, _ = artifacts
+    repo = tmp_path / "repo"
+    assert cli("triton", classifier, "--repository", repo, "--name", "m").exit_code == 0
+    served = repo / "m" / "1" / "model.onnx"
+    before = served.read_bytes()
+    assert_one_line_error(cli("triton", served, "--repository", repo, "--name", "m", "--overwrite"),
+                          r"model\.onnx is inside .*m, which this command would replace", 2)
+    assert served.read_bytes() == before
+
+
+def test_triton_serve_refuses_what_the_wheels_server_cannot_load_before_starting(artifacts, tmp_path):
+    _, classifier, _ = artifacts
+    repo = tmp_path / "repo"
+    assert cli("triton", classifier, "--repository", repo, "--name", "m").exit_code == 0  # onnxruntime backend
+    assert_one_line_error(cli("triton-serve", repo), r"has the Python backend only, and m \(onnxruntime_onnx\) needs "
+                                                     r"another: write the repository with `fvdeploy triton \.\.\. "
+                                                     r"--backend python`", 2)
+    assert_one_line_error(cli("triton-serve", tmp_path / "none"), r"model repository not found", 2)
+    assert_one_line_error(cli("triton-serve", tmp_path), r"holds no Triton model", 2)
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        python_repo = tmp_path / "py"
+        assert cli("triton", classifier, "--repository", python_repo, "--backend", "python").exit_code == 0
+        assert_one_line_error(cli("triton-serve", python_repo, "--http-port", taken.getsockname()[1]),
+                              r"port \d+ on 127\.0\.0\.1 is taken", 2)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_the_local_server_and_its_stubs_end_with_fvdeploy(artifacts, tmp_path, sig, code):
+    _, classifier, _ = artifacts
+    repo = tmp_path / f"repo-{sig.name}"  # the server's and its stubs' command lines name it
+    assert cli("triton", classifier, "--repository", repo, "--backend", "python").exit_code == 0
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = spawn(["triton-serve", repo, "--http-port", free_port()], tmp_path, tmpdir)
+    wait_for_line(proc, "tritonserver ready", limit_s=120)
+    assert len(_processes_mentioning(str(repo.resolve()))) >= 2  # the server and a Python-backend stub
+    returncode, took, rest = interrupt(proc, sig, to_group=sig == signal.SIGINT)
+    assert returncode == code and took < 5, (returncode, took, rest)
+    assert "Traceback" not in rest
+    deadline = time.monotonic() + 5
+    while _processes_mentioning(str(repo.resolve())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(str(repo.resolve())) == [], "tritonserver or a stub outlived fvdeploy"
+    assert leftovers(tmpdir) == []
+
+
+def readme_block(after: str) -> str:
+    """The first ```python block of README.md after the line containing ``after``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rest = text[text.index(after):]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start:rest.index("```", start)]
+
+
+def test_the_readmes_client_snippet_runs_as_written(artifacts, tmp_path, monkeypatch):
+    from fastervit_deploy.triton.local import LocalTritonServer
+
+    _, classifier, _ = artifacts
+    monkeypatch.chdir(tmp_path)
+    # The README's two commands, then its snippet: a cat photo, the server on the port the snippet names.
+    assert cli("triton", classifier, "--repository", "models", "--name", "fastervit", "--backend", "python").exit_code == 0
+    skimage_photos()[1].save("cat.jpg")  # scikit-image's chelsea
+    snippet = readme_block("Then, from Python")
+    port = free_port()
+    with LocalTritonServer(Path("models"), port):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(snippet.replace("127.0.0.1:8000", f"127.0.0.1:{port}"), "README.md", "exec"), {})
+    top = printed.getvalue()
+    with OnnxRuntimeRunner(classifier) as local:
+        logits = local.infer(fastervit_deploy.preprocess(["cat.jpg"], classifier))["logits"][0]
+    entries = re.findall(r"b'([^']+)'", top)  # "score:index:label"
+    assert [int(e.split(":")[1]) for e in entries] == np.argsort(-logits)[:5].tolist(), top
+    assert abs(float(entries[0].split(":")[0]) - logits.max()) < 1e-3  # the scores are logits, as the README says

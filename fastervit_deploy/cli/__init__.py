@@ -7,8 +7,16 @@ import sys
 
 def main() -> None:
     """The console script: signals are routed first (``lifecycle``), then the CLI is imported and run."""
+    import os
+
     from ..system import lifecycle
 
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # relative paths mean nothing, and native libraries fail to load (oneMKL)
+        print("error: the current folder no longer exists (deleted or moved): cd into an existing folder",
+              file=sys.stderr)
+        sys.exit(2)
     lifecycle.install()
     try:
         from .app import run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -12,7 +13,7 @@ from .. import __version__
 from ..system import lifecycle
 from ..core import options
 from ..core.declare import Opt, OptionGroup
-from ..system.errors import EXIT_INTERNAL, FvdeployError, exit_code_of, internal_error_line, one_line
+from ..system.errors import EXIT_INTERNAL, FvdeployError, exit_code_of, internal_error_line, one_line, reader_gone
 from ..system.progress import console
 from . import commands
 from .groups import with_groups
@@ -36,6 +37,8 @@ def one_line_errors(fn: Callable) -> Callable:
             return fn(**kwargs)
         except typer.Exit:
             raise
+        except BrokenPipeError:
+            raise typer.Exit(reader_gone()) from None
         except KeyboardInterrupt:
             raise typer.Exit(_interrupted()) from None
         except Exception as err:  # noqa: BLE001 - classified below; anything unknown keeps its traceback
@@ -89,15 +92,20 @@ COMMANDS: tuple[tuple[str, Callable], ...] = (
     ("build-trt", commands.build_trt),
     ("coreml", commands.coreml),
     ("triton", commands.triton),
+    ("triton-serve", commands.triton_serve),
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(one_line_errors(with_groups(_fn)))
 
 
-def _bare_options() -> dict[str, Opt]:
-    """Options whose value may be left out (declared with ``bare``), by flag."""
+def _declared(keep: Callable[[Opt], bool]) -> dict[str, Opt]:
+    """The declared options that ``keep`` picks, by flag."""
     groups = [g for g in vars(options).values() if isinstance(g, type) and issubclass(g, OptionGroup) and g is not OptionGroup]
-    return {g.flag(f.name): opt for g in groups for f, opt, _ in g.declared() if opt.bare is not None}
+    return {g.flag(f.name): opt for g in groups for f, opt, _ in g.declared() if keep(opt)}
+
+
+def _integer(word: str | None) -> bool:
+    return word is not None and word.lstrip("-").isdigit() and not word.startswith("--")
 
 
 def _takes(opt: Opt, word: str) -> bool:
@@ -109,19 +117,27 @@ def _takes(opt: Opt, word: str) -> bool:
 
 
 def expand_optional_values(argv: list[str]) -> list[str]:
-    """A bare option stands for its declared value: ``--features`` followed by no index list is ``--features 0,1,2,3``."""
-    bare = _bare_options()
+    """A bare option stands for its declared value: ``--features`` followed by no index list is ``--features 0,1,2,3``;
+    a two-value option followed by one number means it twice: ``--resolution 224`` is ``--resolution 224 224``."""
+    bare, doubled = _declared(lambda o: o.bare is not None), _declared(lambda o: o.one_for_both)
     out: list[str] = []
     for i, arg in enumerate(argv):
         out.append(arg)
+        following = argv[i + 1:i + 3] + [None, None]
         if arg in bare and (i + 1 == len(argv) or not _takes(bare[arg], argv[i + 1])):
             out.append(bare[arg].bare)
+        elif arg in doubled and _integer(following[0]) and not _integer(following[1]):
+            out.append(following[0])
     return out
 
 
 def run(argv: list[str] | None = None, prog_name: str | None = None) -> int:
     """Run one command line; return its exit code. Every error, usage errors included, is one line."""
     argv = expand_optional_values(sys.argv[1:] if argv is None else list(argv))
+    if "--debug" not in argv[:1]:
+        # Libraries' warnings (torch's exporter, PIL's decompression-bomb notice) name their own source files and
+        # say nothing a user can act on; what matters is checked and said in fvdeploy's own lines. --debug shows them.
+        warnings.filterwarnings("ignore")
     try:
         code = app(args=argv, prog_name=prog_name, standalone_mode=False)
     except Exception as exc:
@@ -131,7 +147,8 @@ def run(argv: list[str] | None = None, prog_name: str | None = None) -> int:
             raise
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        console.print(f"error: {exc.format_message()}{hint}", markup=False, style="red", soft_wrap=True)
+        if exc.format_message():  # no arguments: the help was printed, and there is nothing else to say
+            console.print(f"error: {exc.format_message()}{hint}", markup=False, style="red", soft_wrap=True)
         return exc.exit_code
     return code if isinstance(code, int) else 0
 

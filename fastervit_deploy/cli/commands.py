@@ -28,25 +28,40 @@ from ..core.options import (
     TunedBatchProfile,
 )
 from ..core.precision import Tolerance
+from ..core.record import files_read
 from ..system.errors import CheckFailed, FvdeployError
 from ..system.files import check_output, write_text_atomic
 from ..system.progress import Steps, console
-from .groups import JsonOpt, PlotOpt
+from .groups import JsonOpt, OverwriteReports, PlotOpt
 
 if TYPE_CHECKING:
     from ..core.record import ArtifactRecord
 
-stdout = Console(highlight=False)
+class _Stdout(Console):
+    def on_broken_pipe(self) -> None:  # rich's own exits 1, which here means "a check failed"
+        raise BrokenPipeError
 
 
-def _check_json(path: Path | None) -> None:
+stdout = _Stdout(highlight=False)
+
+
+def _check_reports(overwrite: bool, inputs: list[Path], **reports: Path | None) -> None:
+    """Report files (``json=``, ``plot=``, ``speed_plot=``), checked before any work: the right suffix, no existing
+    file without --overwrite, never one of the inputs, never two reports in one file."""
+    seen: list[Path] = []
+    for name, path in reports.items():
+        if path is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        check_output(path, overwrite, ".json" if name == "json" else ".png", inputs=[*inputs, *seen], what=flag)
+        if any(Path(path).resolve() == Path(s).resolve() for s in seen):
+            raise FvdeployError(f"{flag} {path} is already another report's file")
+        seen.append(Path(path))
+
+
+def _write_json(path: Path | None, data: dict, overwrite: bool) -> None:
     if path is not None:
-        check_output(path, True, ".json")
-
-
-def _write_json(path: Path | None, data: dict) -> None:
-    if path is not None:
-        write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+        write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n", overwrite)
 
 
 def _wrote(record: ArtifactRecord, output: Path) -> None:
@@ -116,17 +131,18 @@ def verify(
     images: ImagesOption,
     batch: Annotated[int, typer.Option(min=1, help="Images per batch (real images, cycled if fewer).")] = 8,
     json_path: JsonOpt = None,
+    overwrite: OverwriteReports = False,
 ) -> None:
     """Compare an artifact with PyTorch on real images: errors, cosine, top-1/top-5 agreement.
 
     The model, its checkpoint (found by content) and the precision come from the artifact's record;
     model options may only agree with it (or say where the checkpoint is now).
     """
-    _check_json(json_path)
+    _check_reports(overwrite, files_read(artifact, model.checkpoint), json=json_path)
     from ..use.verify import verify as run_verify
 
     result = run_verify(artifact, model, tolerance, runtime, images.images, batch, Steps())
-    _write_json(json_path, result)
+    _write_json(json_path, result, overwrite)
     if not result["passed"]:
         raise CheckFailed("verification failed: " + "; ".join(result["failures"]))
     console.print("[green]verification passed[/green]")
@@ -134,24 +150,29 @@ def verify(
 
 def predict(
     artifact: Annotated[Path, typer.Argument(help="Artifact to run (any format this machine runs).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files.", metavar="IMAGE...")],
+    images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them.", metavar="IMAGE...")],
     runtime: RunOptions,
     top: Annotated[int, typer.Option(min=1, max=100, help="Classes to show per image.")] = 5,
     json_path: JsonOpt = None,
+    overwrite: OverwriteReports = False,
 ) -> None:
     """Top classes and probabilities of images, with the model's own preprocessing."""
-    _check_json(json_path)
+    _check_reports(overwrite, files_read(artifact, *images), json=json_path)
     for path in images:
-        if not path.is_file():
+        if not path.exists():
             raise FvdeployError(f"image not found: {path}")
     from ..artifact import open_artifact
+    from ..data.images import list_images
     from ..use.predict import predict as run_predict
     from .tables import predictions_tables
 
+    found = [f for path in images if path.is_dir() for f in list_images(path)]
+    files = [f for path in images for f in (list_images(path) if path.is_dir() else [path])]
     art = open_artifact(artifact, model=None)
-    rows = run_predict(art, images, top, runtime)
+    rows = run_predict(art, files, top, runtime, frozenset(found),
+                       lambda m: console.print(f"note: {m}", markup=False, highlight=False, soft_wrap=True))
     _write_json(json_path, {"artifact": str(art.path), "precision": art.record.precision.value,
-                            "model": art.model.name, "predictions": rows})
+                            "model": art.model.name, "predictions": rows}, overwrite)
     for table in predictions_tables(rows):
         stdout.print(table)
 
@@ -166,20 +187,19 @@ def benchmark(
     pytorch: Annotated[bool, typer.Option("--pytorch/--no-pytorch", help="Also time PyTorch eager.")] = True,
     json_path: JsonOpt = None,
     plot_path: PlotOpt = None,
+    overwrite: OverwriteReports = False,
 ) -> None:
     """Latency percentiles and throughput per batch size (warm-up excluded), runners interleaved."""
     sizes = ints("--batch")(batch) or (1, 8, 32)
-    _check_json(json_path)
-    if plot_path is not None:
-        check_output(plot_path, True, ".png")
+    _check_reports(overwrite, files_read(*artifacts, model.checkpoint), json=json_path, plot=plot_path)
     from ..use.benchmark import benchmark as run_benchmark
     from ..use.benchmark import plot, results_table
 
     report = run_benchmark(artifacts, model, runtime, sizes, warmup, iterations, pytorch, console)
     stdout.print(results_table(report["results"]))
-    _write_json(json_path, report)
+    _write_json(json_path, report, overwrite)
     if plot_path is not None:
-        plot(report["results"], plot_path, report["machine"])
+        plot(report, plot_path, overwrite)
         console.print(f"plot written to {plot_path}")
 
 
@@ -207,12 +227,11 @@ def evaluate(
     plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Confusion matrices as PNG (up to 100 "
                                                                      "classes).")] = None,
     speed_plot: Annotated[Optional[Path], typer.Option(help="Accuracy against latency as PNG (with --speed).")] = None,
+    overwrite: OverwriteReports = False,
 ) -> None:
     """Accuracy on labelled images for each artifact beside a reference: top-1/top-5, drop, agreement, per class."""
-    _check_json(json_path)
-    for path in (plot_path, speed_plot):
-        if path is not None:
-            check_output(path, True, ".png")
+    _check_reports(overwrite, files_read(*(artifacts or []), reference, labels_file, model.checkpoint), json=json_path,
+                   plot=plot_path, speed_plot=speed_plot)
     if speed_plot is not None and not speed:
         raise FvdeployError("--speed-plot needs --speed")
     if not artifacts and not model.given:
@@ -226,11 +245,11 @@ def evaluate(
     failures = drops_over(report, max_drop) if max_drop is not None else []
     report.update(max_drop=max_drop, passed=not failures)
     stdout.print(evaluate_table(report))
-    _write_json(json_path, report)
+    _write_json(json_path, report, overwrite)
     if plot_path is not None:
-        plot_confusion(report, plot_path)
+        plot_confusion(report, plot_path, overwrite)
     if speed_plot is not None:
-        plot_speed(report, speed_plot)
+        plot_speed(report, speed_plot, overwrite)
     if failures:
         raise CheckFailed("; ".join(failures))
 
@@ -250,11 +269,10 @@ def debug(
                                               help="Q/DQ graphs: rank the site groups (each alone kept in FP16).")] = True,
     json_path: JsonOpt = None,
     plot_path: PlotOpt = None,
+    overwrite: OverwriteReports = False,
 ) -> None:
     """Where a precision-lowered graph departs from FP32, layer by layer; which Q/DQ site groups cost most."""
-    _check_json(json_path)
-    if plot_path is not None:
-        check_output(plot_path, True, ".png")
+    _check_reports(overwrite, files_read(candidate, reference, labels_file), json=json_path, plot=plot_path)
     if images.images is not None and data is not None:
         raise FvdeployError("give one of --images and --data")
     from ..system.files import scratch_folder
@@ -271,9 +289,9 @@ def debug(
                   if first else "every compared tensor is within tolerance", highlight=False)
     if report.get("sensitivity"):
         stdout.print(sensitivity_table(report["sensitivity"]))
-    _write_json(json_path, report)
+    _write_json(json_path, report, overwrite)
     if plot_path is not None:
-        plot(report, plot_path)
+        plot(report, plot_path, overwrite)
 
 
 def quantize(
@@ -339,3 +357,23 @@ def triton(
         console.print(f"  {model.name}: {model.backend.value}, batch 1..{model.max_batch}, "
                       f"{len(model.record.outputs)} output(s)", highlight=False)
     console.print(f"wrote {', '.join(written)} into {options.repository} (config.pbtxt validated with Triton's schema)")
+
+
+def triton_serve(
+    repository: Annotated[Path, typer.Argument(help="Model repository from `fvdeploy triton --backend python`.",
+                                               metavar="REPOSITORY")],
+    http_port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port on 127.0.0.1.")] = 8000,
+) -> None:
+    """Serve a model repository on this machine (CPU) with the tritonserver of the nvidia-pytriton wheel.
+
+    Its server has Triton's Python backend only: write the repository with `fvdeploy triton --backend python`.
+    Ctrl-C or SIGTERM stops the server and its backend processes.
+    """
+    from ..triton.local import LocalTritonServer, check_port, check_servable
+
+    names = check_servable(repository)
+    check_port(http_port)
+    with LocalTritonServer(repository, http_port) as server:
+        console.print(f"tritonserver ready at http://{server.url}, serving {', '.join(names)} (Ctrl-C stops it)",
+                      highlight=False)
+        server.serve()

@@ -85,3 +85,5 @@ def with_groups(fn: Callable) -> Callable:
 
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG plot here.")]
+OverwriteReports = Annotated[bool, typer.Option("--overwrite", help="Replace existing --json/--plot files (never "
+                                                                   "one of the command's inputs).")]

@@ -53,12 +53,23 @@ def format_rows() -> list[dict]:
 
 
 def formats_table(rows: list[dict]) -> Table:
-    table = Table(title="artifact formats", box=box.SIMPLE_HEAD, pad_edge=False)
+    """Short cells (an 80-column terminal shows them whole); why a format cannot be made or run here goes below."""
+    reasons: list[str] = []
+
+    def here(value: str) -> str:
+        if value == "yes":
+            return value
+        if value not in reasons:
+            reasons.append(value)
+        return f"no ({reasons.index(value) + 1})"
+
+    table = Table(title="artifact formats", box=box.SIMPLE_HEAD, pad_edge=False, caption_justify="left")
     for col in ("format", "files", "precisions", "made by", "make here", "run here"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["format"], " ".join(r["files"]), ", ".join(r["precisions"]), r["made_by"], r["convert_here"],
-                      r["run_here"])
+        table.add_row(r["format"], " ".join(r["files"]), ", ".join(r["precisions"]), r["made_by"].replace(", ", "\n"),
+                      here(r["convert_here"]), here(r["run_here"]))
+    table.caption = "\n".join(f"({i}) {reason}" for i, reason in enumerate(reasons, 1)) or None
     return table
 
 

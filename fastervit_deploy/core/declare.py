@@ -48,6 +48,7 @@ class Opt:
     repeat: bool = False  # may be given several times (a tuple field)
     required: bool = False
     bare: str | None = None  # the value the flag stands for when no value follows it (Typer has no optional values)
+    one_for_both: bool = False  # a two-value option given one value means it twice (--resolution 224: 224 224)
     panel: str | None = None  # default: the group's
     reproduce: bool = True  # part of the command line that remakes an artifact
 

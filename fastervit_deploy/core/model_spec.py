@@ -110,8 +110,13 @@ class ModelDescription:
 
     @property
     def stem(self) -> str:
-        """File-name stem for default outputs: ``faster_vit_0_any_res_576x960``."""
-        return f"{self.name}_{self.resolution[0]}x{self.resolution[1]}"
+        """File-name stem for default outputs: ``faster_vit_0_any_res_576x960``; a backbone's names its levels
+        (``..._576x960_features_s8-s32``), so that it never takes the classifier's file."""
+        stem = f"{self.name}_{self.resolution[0]}x{self.resolution[1]}"
+        levels = self.config.out_indices
+        if levels is not None:
+            stem += f"_features_s{2 ** (levels[0] + 2)}" + (f"-s{2 ** (levels[-1] + 2)}" if len(levels) > 1 else "")
+        return stem
 
     def request(self) -> ModelRequest:
         """The model options that rebuild exactly this description (the resolution and windows spelled out)."""
@@ -184,7 +189,8 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
     overrides: dict[str, Any] = {}
     checkpoint, saved_names, notes = None, None, []
     if req.checkpoint is not None:
-        from fastervit.checkpoint import extract_state_dict, has_feature_norms, read_checkpoint, saved_config, take_prefix
+        from fastervit.checkpoint import (STEM, extract_state_dict, has_feature_norms, nested_prefix, read_checkpoint,
+                                          saved_config, take_prefix)
 
         contents = read_checkpoint(req.checkpoint, mmap=True)  # CheckpointError: missing, damaged, runs code
         checkpoint = CheckpointRef(Path(req.checkpoint).resolve(), sha256(req.checkpoint), str(req.checkpoint),
@@ -192,6 +198,11 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
         # fvdeploy checkpoints carry their architecture; options given on the command line still win.
         overrides.update({k: v for k, v in saved_config(contents).items() if k != "any_res"})
         state, _ = take_prefix(extract_state_dict(contents), req.checkpoint_prefix)
+        nested = nested_prefix(state)
+        if nested is not None:  # now, not as hundreds of missing and unexpected keys after the model is built
+            prefix = req.checkpoint_prefix + nested
+            raise FvdeployError(f"{Path(req.checkpoint).name}: the model's keys are under {prefix!r} (its stem: "
+                                f"{prefix}{STEM}*): pass --checkpoint-prefix {prefix}")
         if req.features is not None and has_feature_norms(state):
             overrides["feature_norms"] = True  # a detection backbone's per-level norms
         head = state.get("head.weight")

@@ -26,8 +26,8 @@ class ModelRequest(OptionGroup):
     model: str | None = option(None, "Registered variant (see `fvdeploy models`).", flags=("--model", "-m"))
     checkpoint: Path | None = option(None, "Official .pth.tar or fvdeploy checkpoint; without it, seeded "
                                            "checkpoint-like random weights.")
-    resolution: tuple[int, int] | None = option(None, "Input height and width (default: the variant's).",
-                                                metavar="H W")
+    resolution: tuple[int, int] | None = option(None, "Input height and width (one value: square; default: the "
+                                                      "variant's).", metavar="H W", one_for_both=True)
     window_size: tuple[int, ...] | None = option(
         None, "Window size: one value or four comma-separated (stage 0..3), e.g. 7,7,12,6 (any-res default: "
               "chosen to fit).", cli_type=str, parse=ints("--window-size"), text=joined)
@@ -178,8 +178,13 @@ class TargetOptions(OptionGroup):
     target: QuantTarget = option(QuantTarget.tensorrt, "tensorrt: Q/DQ where TensorRT fuses them, the rest FP16; "
                                                        "onnxruntime-cpu: INT8 where onnxruntime's CPU kernels run "
                                                        "it, the rest FP32.")
-    keep_fp32: tuple[str, ...] = option(DEFAULT_FP32_OPS, "Op type kept in fp32 (repeatable; default "
-                                                          "LayerNormalization).", repeat=True)
+    keep_fp32: tuple[str, ...] = option(DEFAULT_FP32_OPS, "Op type kept in fp32 besides LayerNormalization "
+                                                          "(repeatable).", repeat=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The policy's fp32 ops always stay: --keep-fp32 adds to them (README), it never lowers a LayerNorm.
+        object.__setattr__(self, "keep_fp32", tuple(dict.fromkeys((*DEFAULT_FP32_OPS, *self.keep_fp32))))
 
 
 class CalibrationMethod(Choice):

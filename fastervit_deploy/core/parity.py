@@ -60,7 +60,8 @@ def describe(metrics: dict[str, float]) -> str:
             f"cosine {metrics['cosine_min']:.6f}")
     if "top1_agreement" in metrics:
         text += f", top-1 {metrics['top1_agreement']:.0%}, top-5 {metrics['top5_agreement']:.0%}"
-    return f"{text} ({metrics['samples']} images)"
+    n = metrics["samples"]
+    return f"{text} ({n} image{'s' if n != 1 else ''})"
 
 
 def report_lines(result: dict) -> list[str]:

@@ -55,6 +55,9 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+TRITON_RECORD = "fvdeploy.json"  # the record in each Triton model folder fvdeploy writes
+
+
 def sidecar_path(artifact: str | Path) -> Path:
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".json")
@@ -199,6 +202,15 @@ def _what(identity: Mapping) -> dict:
         model["checkpoint"] = {k: v for k, v in model["checkpoint"].items() if k not in ("path", "relative")}
     source = identity.get("source")
     return {**identity, "model": model, "source": source and {"sha256": source.get("sha256")}}
+
+
+def files_read(*paths: str | Path | None) -> list[Path]:
+    """What a command reads from the paths it was given (none may be one of its outputs): each path, and beside
+    an artifact its sidecar and external data."""
+    found = []
+    for path in filter(None, paths):
+        found += [Path(path), sidecar_path(path), Path(path).with_name(Path(path).name + ".data")]
+    return found
 
 
 def companions(artifact: Path) -> list[Path]:

@@ -33,7 +33,7 @@ from ..core.runner import in_output_space
 from ..core.tensors import TensorKind, TensorSpec
 from ..data.images import load_batch
 from ..system.errors import FvdeployError
-from ..system.files import atomic_output
+from ..system.files import atomic_output, library_temp_files_in, scratch_folder
 from ..system.optional import import_coremltools
 from ..system.progress import Steps
 from . import metadata
@@ -186,7 +186,19 @@ def build_program(ct, desc: ModelDescription, opts: CoreMLOptions, outputs: tupl
         return model, convert(ct, program, desc, opts, outputs)
 
 
+# What coremltools writes beside the model when it converts a torch.export program: ExecuTorch's debug-handle map
+# (200+ KB), listed in no Manifest item and read by nothing that loads the package.
+CONVERTER_DEBRIS = ("executorch_debug_handle_mapping.json",)
+
+
 def export_coreml(job: CoreMLJob, steps: Steps) -> ArtifactRecord:
+    # coremltools makes a temporary .mlpackage per converted model and removes it at interpreter exit: in a
+    # folder of ours instead, it goes whenever and however fvdeploy ends.
+    with scratch_folder(prefix="fvdeploy-coreml-") as work, library_temp_files_in(work):
+        return _export_coreml(job, steps)
+
+
+def _export_coreml(job: CoreMLJob, steps: Steps) -> ArtifactRecord:
     ct = import_coremltools()
     desc, opts = job.model, job.options
     for note in desc.notes:
@@ -212,6 +224,8 @@ def export_coreml(job: CoreMLJob, steps: Steps) -> ArtifactRecord:
             save_multifunction(ct, job, steps, mlmodel, tmp)
         else:
             mlmodel.save(str(tmp))
+        for name in CONVERTER_DEBRIS:
+            (tmp / name).unlink(missing_ok=True)
         if parity is None:
             steps.note("predictions need macOS: run `fvdeploy verify` on a Mac to compare them with PyTorch")
         return finish(tmp, record, steps, check=lambda path: check_package(ct, path, opts, desc.resolution, job.outputs),

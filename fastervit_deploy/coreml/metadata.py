@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..core.record import RECORD_KEY, ArtifactRecord, parse_identity, summary_metadata
+from ..system.optional import import_coremltools
 
 SPEC_FILE = Path("Data") / "com.apple.CoreML" / "model.mlmodel"
 PACKAGE_MARKER = "Manifest.json"  # what makes a folder a Core ML package
@@ -19,6 +20,7 @@ def read_identity(path: Path) -> dict | None:
     spec_file = Path(path) / SPEC_FILE
     if not spec_file.is_file():
         return None
+    import_coremltools()  # quiet: its import announces, on Linux, the macOS runtime it lacks
     from coremltools.proto import Model_pb2
 
     text = dict(Model_pb2.Model.FromString(spec_file.read_bytes()).description.metadata.userDefined).get(RECORD_KEY)

@@ -22,12 +22,12 @@ class CoreMLRunner(Runner):
         self.path = Path(path)
         self.mean, self.std = np.asarray(pre.mean, np.float32), np.asarray(pre.std, np.float32)
         self.model = None
-
-    def activate(self) -> None:
-        missing = coreml_predict_missing()
+        missing = coreml_predict_missing()  # said when the runner is made: before any reference is built for it
         if missing:
             raise MissingDependency(f"{missing}; on Linux `fvdeploy coreml` checks the package's spec instead. "
                                     f"Run `fvdeploy verify {self.path.name}` on a Mac.")
+
+    def activate(self) -> None:
         self.model = import_coremltools().models.MLModel(str(self.path))
         self.image_name = self.model.get_spec().description.input[0].name
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..system.errors import FvdeployError
 from ..core.model_spec import Preprocessing
@@ -50,12 +51,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def image_error(err: BaseException) -> str:
+    """Why an image cannot be read, in words (PIL's messages name the stream object it was given)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image PIL can identify"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too many pixels (PIL refuses more than {Image.MAX_IMAGE_PIXELS * 2:,}: a decompression bomb?)"
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return re.sub(r"\s*<_io\.\w+ object at 0x[0-9a-f]+>", "", text) or type(err).__name__
+
+
 def open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             return to_rgb(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise FvdeployError(f"cannot read image {path}: {str(err).splitlines()[0]}") from err
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise FvdeployError(f"cannot read image {path}: {image_error(err)}") from err
+
+
+def skipped_text(skipped: Sequence[str], named: int = 3) -> str:
+    """``skipped 4 unreadable: a (why), b (why), c (why), and 1 more``: every file counted, the first few named."""
+    more = f", and {len(skipped) - named} more" if len(skipped) > named else ""
+    return f"skipped {len(skipped)} unreadable: {', '.join(skipped[:named])}{more}"
 
 
 def readable_images(files: Iterable[Path], skipped: list[str]) -> Iterator[tuple[Path, Image.Image]]:
@@ -90,8 +107,9 @@ def preprocess(img: Image.Image, size: Sequence[int], pre: Preprocessing, normal
 
 
 def load_batch(size: Sequence[int], pre: Preprocessing, folder: str | Path | None = None,
-               count: int | None = None) -> np.ndarray:
-    """``[N, 3, H, W]`` from a folder of images, or from scikit-image's photos when no folder is given."""
+               count: int | None = None, note: Callable[[str], None] | None = None) -> np.ndarray:
+    """``[N, 3, H, W]`` from a folder of images, or from scikit-image's photos when no folder is given
+    (``note``: told of the files that could not be read)."""
     if folder is None:
         images = skimage_photos()
     else:
@@ -99,6 +117,8 @@ def load_batch(size: Sequence[int], pre: Preprocessing, folder: str | Path | Non
         images = [img for _, img in readable_images(list_images(folder, count), skipped)]
         if not images:
             raise FvdeployError(f"no readable image in {folder} ({skipped[0]})")
+        if skipped and note is not None:
+            note(f"read {len(images)} images of {folder}; {skipped_text([Path(s).name for s in skipped])}")
     return np.stack([preprocess(img, size, pre) for img in images])
 
 

@@ -169,6 +169,9 @@ CHECKS: tuple[Callable[[Graph], Finding], ...] = (check_io, check_forbidden, che
 
 def load_graph(path: str | Path) -> onnx.ModelProto:
     path = Path(path)
+    if path.is_dir():
+        package = " (a Core ML package: `fvdeploy verify` checks it, on macOS)" if path.suffix == ".mlpackage" else ""
+        raise FvdeployError(f"{path} is a folder{package}: inspect reads ONNX files")
     if not path.is_file():
         raise FvdeployError(f"ONNX file not found: {path}")
     try:
@@ -219,5 +222,32 @@ def recorded_identity(model: onnx.ModelProto) -> dict:
         return {}
 
 
+def check_external_data(model: onnx.ModelProto, folder: Path) -> Finding | None:
+    """Weights kept beside the graph (> 2 GB models): every file there, and long enough for what it holds."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    problems, tensors, files = [], 0, set()
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        info, tensors = ExternalDataInfo(tensor), tensors + 1
+        where = folder / info.location
+        files.add(info.location)
+        if not where.is_file():
+            problems.append(f"{info.location} is missing")
+        elif info.length and (info.offset or 0) + info.length > where.stat().st_size:
+            problems.append(f"{info.location} ends before {tensor.name}'s bytes (truncated)")
+    if not tensors:
+        return None
+    problems = list(dict.fromkeys(problems))
+    return Finding("external-data", not problems, "; ".join(problems[:3]) if problems else
+                   f"{tensors} tensors in {', '.join(sorted(files))}", facts={"tensors": tensors, "files": sorted(files)})
+
+
 def inspect_path(path: str | Path) -> GraphReport:
-    return inspect_model(load_graph(path), path)
+    model = load_graph(path)
+    report = inspect_model(model, path)
+    external = check_external_data(model, Path(path).parent)
+    if external is not None:
+        report.findings.insert(0, external)
+    return report

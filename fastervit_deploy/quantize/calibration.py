@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -27,7 +28,8 @@ import numpy as np
 import onnx
 
 from ..system.errors import FvdeployError
-from ..data.images import list_images, preprocess, to_rgb
+from ..data.images import image_error, list_images, preprocess, skipped_text, to_rgb
+from ..data.labelled import spread_sample
 from ..core.model_spec import Preprocessing
 from ..core.options import CalibrationMethod
 
@@ -75,7 +77,7 @@ class ImageReader:
                 array = preprocess(to_rgb(img), self.size, self.pre)
         except (OSError, ValueError, SyntaxError) as err:
             if index not in self._seen:
-                self.skipped.append(f"{path.name} ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+                self.skipped.append(f"{path.name} ({image_error(err)})")
             self._seen.add(index)
             return None
         if index not in self._seen:
@@ -203,13 +205,29 @@ def _complete(ranges: Ranges, needed: set[str], symmetric: bool) -> Ranges:
     return {t: (-max(abs(lo), abs(hi)), max(abs(lo), abs(hi))) for t, (lo, hi) in sorted(ranges.items()) if t in needed}
 
 
+def calibration_files(folder: Path, limit: int) -> tuple[list[Path], dict]:
+    """The images to calibrate on: all of them, or a seeded sample of ``limit`` spread over the sub-folders in
+    proportion to their sizes (the first ``limit`` in sorted order would be one or two classes)."""
+    listed = list_images(folder)
+    chosen, sample = spread_sample([p.parent for p in listed], limit)
+    files = [listed[i] for i in chosen]
+    per_folder = collections.Counter(p.parent for p in files).values()
+    # one entry per class folder would be 1,000 for ImageNet: the record keeps how even the spread is
+    sample.pop("per_group", None)
+    sample.update(folders=len({p.parent for p in listed}), folders_used=len(per_folder), per_folder_min=min(per_folder),
+                  per_folder_max=max(per_folder))
+    return files, sample
+
+
 def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size: tuple[int, int], pre: Preprocessing,
-              method: CalibrationMethod, workdir: Path, note: Callable[[str], None], symmetric: bool = True) -> Calibration:
-    """Ranges of the ``needed`` activation tensors from real images, streamed in chunks."""
+              method: CalibrationMethod, workdir: Path, note: Callable[[str], None], symmetric: bool = True,
+              advance: Callable[[int], None] = lambda n: None) -> Calibration:
+    """Ranges of the ``needed`` activation tensors from real images, streamed in chunks (``advance``: images done)."""
     model = onnx.load(str(model_path), load_external_data=False)
-    files = list_images(folder, limit)
-    if len(files) < min(limit, MIN_RECOMMENDED_IMAGES):
-        note(f"calibrating on {len(files)} images (NVIDIA recommends {MIN_RECOMMENDED_IMAGES} or more)")
+    files, sample = calibration_files(folder, limit)
+    if sample["chosen"] < sample["of"]:
+        note(f"calibrating on a sample of {sample['chosen']} of the {sample['of']} images in {folder}, spread over "
+             f"{sample['folders']} folder(s) (seed {sample['seed']}; --calib-images sets how many)")
     reader = ImageReader(folder, files, model.graph.input[0].name, size, pre)
     chunk = chunk_size(model, needed)
     calibrator = _calibrator(method, model_path, needed, workdir / "augmented.onnx", symmetric)
@@ -219,6 +237,7 @@ def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size
                 reader.set_range(start, min(start + chunk, len(files)))
                 if reader.batch() is not None:  # None: every file of this chunk is unreadable
                     calibrator.collect_data(reader)
+                advance(reader.end - reader.start)
             if not reader.used:
                 raise FvdeployError(f"no readable image in {folder} ({reader.skipped[0]})")
             if method is CalibrationMethod.auto:
@@ -229,11 +248,16 @@ def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size
                                                               ranges[t].range_value) for t in ranges}, needed, symmetric)}
     finally:
         del calibrator
+    used = f"used {reader.used} of the {len(files)} images"
+    if reader.used < MIN_RECOMMENDED_IMAGES:
+        used += f" (NVIDIA recommends {MIN_RECOMMENDED_IMAGES} or more)"
     if reader.skipped:
-        note(f"skipped {len(reader.skipped)} unreadable files: {', '.join(reader.skipped[:3])}")
+        used += f"; {skipped_text(reader.skipped)}"
+    note(used)
     first = next(iter(candidates.values()))
     return Calibration(first, "images", {
-        "images": reader.used, "skipped": reader.skipped, "files_listed": len(files), "images_sha256": reader.digest,
+        "images": reader.used, "skipped": reader.skipped, "files_listed": len(files), "sample": sample,
+        "images_sha256": reader.digest,
         "chunk_shape": [chunk, 3, *size], "method": method.value, "tensors": len(first)},
         candidates if method is CalibrationMethod.auto else {})
 

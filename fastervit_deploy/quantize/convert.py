@@ -33,7 +33,7 @@ from ..core.options import DEFAULT_FP32_OPS, CalibrationMethod, CalibrationOptio
 from ..core.parity import ParityJob, describe
 from ..core.precision import TOLERANCES, Precision, QuantTarget
 from ..core.record import ArtifactRecord, RecordedArtifact, read_artifact
-from ..data.images import batch_of, load_batch, open_image, preprocess
+from ..data.images import batch_of, list_images, load_batch, open_image, preprocess
 from ..data.labelled import open_labelled
 from ..graph.inspect import inspect_model
 from ..graph.policy import Placement, Scheme, SiteGroup, compute_precisions, enforce, plan_placement, scheme_for
@@ -179,10 +179,12 @@ def ranges_for(job: QuantizeJob, scheme: Scheme, needed: set[str], src: Artifact
                     opts.method is CalibrationMethod.auto else "") + ")")
         return calibration
     method = calibration_method(job)
-    with steps(f"calibrating on images from {opts.calib_dir} ({method.value}, streamed)"):
+    total = min(opts.calib_images, len(list_images(opts.calib_dir)))
+    with steps.counted(f"calibrating on images from {opts.calib_dir} ({method.value}, streamed)", total,
+                       "images") as advance:
         return calibrate(workdir / "source.onnx", needed, Path(opts.calib_dir), opts.calib_images,
                          src.model.resolution, src.model.preprocessing, method, workdir, steps.note,
-                         symmetric=scheme.symmetric_activations)
+                         symmetric=scheme.symmetric_activations, advance=advance)
 
 
 def write_qdq(job: QuantizeJob, scheme: Scheme, workdir: Path, tmp: Path, placement: Placement, ranges: Ranges,

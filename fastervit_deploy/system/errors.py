@@ -13,6 +13,20 @@ import sys
 
 EXIT_OK, EXIT_FAILED_CHECK, EXIT_BAD_INPUT, EXIT_MISSING_DEPENDENCY = 0, 1, 2, 3
 EXIT_INTERNAL = 1
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process that SIGPIPE ended: the reader stopped reading
+
+
+def reader_gone() -> int:
+    """stdout's reader went away (``fvdeploy ... | head -1``): not a failure of fvdeploy's, so no message; stdout
+    now points at /dev/null so that the interpreter's last flush does not fail again."""
+    import os
+    import sys
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 class FvdeployError(Exception):

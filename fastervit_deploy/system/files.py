@@ -1,7 +1,8 @@
 """Output files: checked before any work, written beside their destination, published by rename.
 
 Rules (README, "Reliability"):
-* every output path is checked before the work starts (suffix, folder writable, not clobbering);
+* every output path is checked before the work starts (suffix, folder writable, not clobbering, and
+  never one of the command's inputs: the same file, also through a link or another name);
 * an artifact is written into a hidden temporary folder beside its destination and renamed into
   place with everything written next to it (``.onnx.data``, the ``.json`` sidecar); on any failure
   or signal the temporary folder goes and nothing is left behind;
@@ -21,12 +22,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from . import lifecycle
 from .errors import FvdeployError
 
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+# atomic_output's temporary folder beside an output NAME: ".NAME.xxxxxxxx.tmp" (mkdtemp adds 8 characters)
+_TEMP_PREFIX, _TEMP_SUFFIX = ".", ".tmp"
+TEMP_NAME_EXTRA = len(_TEMP_PREFIX) + len(".") + 8 + len(_TEMP_SUFFIX)
 
 
 def sha256(path: str | Path) -> str:
@@ -50,26 +54,60 @@ def _nearest_existing(folder: Path) -> Path:
     return folder
 
 
-def check_output(path: Path, overwrite: bool, suffix: str | tuple[str, ...], package: str | None = None) -> Path:
-    """Refuse a wrong suffix, a folder in the way, an existing file (unless ``overwrite``), or a folder
-    that cannot be written. ``package``: the output is a folder artifact, and a folder holding this marker
-    file is one. Leaves nothing behind (writability is probed with a file it removes)."""
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths are one file (device and inode: links and other spellings included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_inputs(path: Path, inputs: Iterable[str | Path | None], what: str = "output") -> None:
+    """An output is never one of the command's inputs, not even with --overwrite."""
+    for given in inputs:
+        if given is not None and same_file(path, given):
+            spelled = "" if Path(given) == path else f" ({given})"
+            raise FvdeployError(f"{what} {path} is one of this command's inputs{spelled}: fvdeploy never writes "
+                                "over an input; choose another name")
+
+
+def check_output(path: Path, overwrite: bool, suffix: str | tuple[str, ...], package: str | None = None,
+                 inputs: Iterable[str | Path | None] = (), what: str = "output") -> Path:
+    """Refuse a wrong suffix, one of the command's ``inputs``, a folder in the way, an existing file (unless
+    ``overwrite``), or a folder that cannot be written. ``package``: the output is a folder artifact, and a
+    folder holding this marker file is one. Leaves nothing behind (writability is probed with a file it removes)."""
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
     if path.suffix.lower() not in suffixes:
-        raise FvdeployError(f"output must end in {' or '.join(suffixes)}, got {path.name}")
+        raise FvdeployError(f"{what} must end in {' or '.join(suffixes)}, got {path.name}")
+    refuse_inputs(path, inputs, what)
     if path.is_dir() and not path.is_symlink():
         if package is None:
             raise FvdeployError(f"{path} is a folder: fvdeploy never replaces a folder with an artifact")
         if not (path / package).is_file():
             raise FvdeployError(f"{path} is a folder but not a {path.suffix} package: fvdeploy will not replace it")
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise FvdeployError(f"{path} exists (pass --overwrite to replace it)")
+        raise FvdeployError(f"{'' if what == 'output' else what + ' '}{path} exists (pass --overwrite to replace it)")
+    check_writable(path, what)
+    return path
+
+
+def check_writable(path: Path, what: str = "output") -> None:
+    """The folder ``path`` goes to can be made and written, and ``path``'s name fits the temporary folder that
+    ``atomic_output`` writes it through (and its sidecar beside it) on that file system."""
     base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise FvdeployError(f"cannot create output folder {path.parent}: {base} is not a folder")
     if not _writable(base):
-        raise FvdeployError(f"output folder {base} is not writable")
-    return path
+        raise FvdeployError(f"{'output' if what == 'output' else what} folder {base} is not writable")
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = len(os.fsencode(path.name)) + max(TEMP_NAME_EXTRA, len(".json"))
+    if longest > name_max:
+        raise FvdeployError(f"{what} name {path.name[:24]}... is {len(os.fsencode(path.name))} bytes: written through "
+                            f"a temporary folder {_TEMP_PREFIX}NAME.xxxxxxxx{_TEMP_SUFFIX}, it may have at most "
+                            f"{name_max - TEMP_NAME_EXTRA} bytes here")
 
 
 def _writable(folder: Path) -> bool:
@@ -178,11 +216,23 @@ def atomic_output(path: str | Path, overwrite: bool = False, package: str | None
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise FvdeployError(f"cannot create output folder {path.parent}: {err.strerror}") from err
-            with scratch_folder(path.parent, prefix=f".{path.name}.", suffix=".tmp") as tmpdir:
+            with scratch_folder(path.parent, prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX) as tmpdir:
                 yield tmpdir / path.name
                 _publish(tmpdir, path, overwrite, package)
         finally:
             remove_created()
+
+
+@contextlib.contextmanager
+def library_temp_files_in(folder: Path) -> Iterator[None]:
+    """Libraries that make their own temporary files (coremltools' packages) make them in ``folder`` meanwhile,
+    so that they go with it, also when fvdeploy is ended by a signal before the library cleans up."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
 
 
 @contextlib.contextmanager

@@ -127,6 +127,14 @@ def worker(process: "subprocess.Popen | multiprocessing.Process") -> Iterator[No
         yield
 
 
+def server_signals() -> None:
+    """In a server process fvdeploy starts, before it executes: the signals fvdeploy blocks are its own again (a
+    blocked SIGTERM would outlive any stop), and it gets SIGTERM when fvdeploy dies, however fvdeploy dies."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, EXIT_CODES)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def worker_signals() -> None:
     """First thing in a worker process: SIGINT ignored, SIGTERM ends it, and so does its parent's death."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)

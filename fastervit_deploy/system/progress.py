@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -34,6 +34,22 @@ class Steps:
         start = time.perf_counter()
         with self.console.status(f"{title} ...", spinner="dots"):
             yield
+        self._done(title, start)
+
+    @contextlib.contextmanager
+    def counted(self, title: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
+        """A step that knows how much it has to do: a bar with done/total, the rate and the time left while it
+        runs (the caller advances it), then the same ✓ line as any step."""
+        start = time.perf_counter()
+        if self.console.is_terminal:
+            with progress_bar(self.console, unit, transient=True) as bar:
+                task = bar.add_task(title, total=total)
+                yield lambda n=1: bar.advance(task, n)
+        else:  # a log file or a pipe: the ✓ line alone (a bar's redraws would be noise there)
+            yield lambda n=1: None
+        self._done(title, start)
+
+    def _done(self, title: str, start: float) -> None:
         took = time.perf_counter() - start
         self.timings[title] = round(took, 3)
         self.console.print(f"[green]✓[/green] {title} [dim]({took:.1f} s)[/dim]", highlight=False)
@@ -53,9 +69,9 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.speed:.1f} {self.unit}/s" if task.speed else "", style="progress.data.speed")
 
 
-def progress_bar(console: Console, unit: str | None = None) -> Progress:
+def progress_bar(console: Console, unit: str | None = None, transient: bool = False) -> Progress:
     """A bar with done/total and elapsed time; with ``unit``, also the rate and the time left."""
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     if unit is not None:
         columns += [RateColumn(unit), TextColumn("left"), TimeRemainingColumn()]
-    return Progress(*columns, console=console, transient=False)
+    return Progress(*columns, console=console, transient=transient)

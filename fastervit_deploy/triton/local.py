@@ -4,7 +4,12 @@ The wheel holds a real Triton server and its Python backend; this module lays ou
 stub for the running Python, and starts the server on 127.0.0.1 with the environment its Python models need:
 numpy 1.x for the stub (its pybind11 predates numpy 2; `make install` puts numpy 1.26 in
 `.venv/triton-stub`) ahead of this environment's packages (onnxruntime, pillow).
-Usage: python -m fastervit_deploy.triton_local REPOSITORY [--http-port 8000]
+Usage: fvdeploy triton-serve REPOSITORY [--http-port 8000]. The wheel's server has the Python backend only:
+repositories written with `fvdeploy triton --backend python` run here; the onnxruntime and tensorrt backends
+need NVIDIA's tritonserver container (checked before the server starts).
+
+The server runs in a process group of its own (its Python-backend stubs with it), is stopped as a group when
+fvdeploy ends, however it ends, and dies with fvdeploy if fvdeploy is killed (parent-death signal).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -62,6 +68,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_port(port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closed port's TIME_WAIT is free
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise FvdeployError(f"port {port} on 127.0.0.1 is taken ({err.strerror}): pass another --http-port") from err
+
+
+def check_servable(repository: Path) -> list[str]:
+    """The repository's models, refused before the server starts unless the wheel's server can load every one."""
+    from .repository import parse_config
+
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise FvdeployError(f"model repository not found: {repository}" if not repository.exists() else
+                            f"{repository} is a file: give the model repository folder (`fvdeploy triton --repository`)")
+    configs = sorted(repository.glob("*/config.pbtxt"))
+    if not configs:
+        raise FvdeployError(f"{repository} holds no Triton model (no */config.pbtxt): write one with `fvdeploy triton`")
+    foreign = []
+    for path in configs:
+        cfg = parse_config(path)
+        backend = cfg.backend or cfg.platform
+        if backend not in ("python", "ensemble"):
+            foreign.append(f"{path.parent.name} ({backend})")
+    if foreign:
+        raise FvdeployError(f"the nvidia-pytriton wheel's tritonserver has the Python backend only, and "
+                            f"{', '.join(foreign)} need{'s' if len(foreign) == 1 else ''} another: write the repository "
+                            "with `fvdeploy triton ... --backend python` to serve it here, or serve it with NVIDIA's "
+                            "tritonserver container")
+    return [p.parent.name for p in configs]
+
+
 class LocalTritonServer:
     """``with LocalTritonServer(repo) as server: server.url`` - started, ready, and always stopped."""
 
@@ -81,8 +121,8 @@ class LocalTritonServer:
         try:
             self._start()
             self._wait_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
+        except BaseException as err:
+            self.__exit__(type(err), err, None)
             raise
         return self
 
@@ -97,16 +137,21 @@ class LocalTritonServer:
         command = [str(root / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(self.repository),
                    "--backend-directory", str(backend_folder(work)), "--http-address", "127.0.0.1",
                    "--http-port", str(self.port), "--allow-grpc", "false", "--allow-metrics", "false",
-                   "--exit-on-error", "true"]
+                   "--exit-on-error", "true", "--exit-timeout-secs", "2"]  # stopping waits at most 2 s for requests
         # Registered before the server exists: it runs in its own session, so only we can stop it.
         self._stack.enter_context(lifecycle.on_end(self._kill))
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=lifecycle.server_signals)
+
+    def _signal_group(self, signum: int) -> None:
+        """The server and its Python-backend stubs: one process group (its own session's)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
 
     def _kill(self) -> None:
         if self.process is not None:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
 
     def _wait_ready(self) -> None:
         import urllib.request
@@ -129,26 +174,29 @@ class LocalTritonServer:
         return " | ".join(line for line in text.splitlines() if line.startswith("E") or "error" in line)[-800:] or \
             " | ".join(text.splitlines()[-lines:])
 
-    def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._stack.close()  # the server's folder (logs, backend) and its registration with ``lifecycle``
+    def serve(self) -> None:
+        """Until the server exits or fvdeploy is interrupted (waiting in short steps, so a signal is seen)."""
+        while self.process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(0.5)
+        raise FvdeployError(f"tritonserver exited ({self.process.returncode}): {self.log_tail()}")
 
-
-def main(argv: list[str]) -> None:
-    port = int(argv[argv.index("--http-port") + 1]) if "--http-port" in argv else 8000
-    with LocalTritonServer(Path(argv[0]), port) as server:
-        print(f"tritonserver ready at http://{server.url} (Ctrl-C stops it)", flush=True)
+    def __exit__(self, exc_type=None, *exc) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            lifecycle.acknowledge()  # stopping: no further interruption may cut the stop short
         try:
-            server.process.wait()
-        except KeyboardInterrupt:
-            pass
+            if self.process is not None:
+                if self.process.poll() is None:
+                    self._signal_group(signal.SIGTERM)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.process.wait(2.5)
+                self._kill()  # stubs that outlived the server, and a server that would not stop
+                self.process.wait()
+        finally:
+            self._stack.close()  # the server's folder (logs, backend) and its registration with ``lifecycle``
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the former entry point: the command has the one-line errors and the signal handling
+    print("error: the local server is now a command: fvdeploy triton-serve REPOSITORY [--http-port 8000]",
+          file=sys.stderr)
+    sys.exit(2)

@@ -21,6 +21,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 from ..artifact import Artifact, open_artifact
 from ..core.dtypes import by_name, from_triton
 from ..core.options import InstanceKind, TritonBackend, TritonOptions
-from ..core.record import ArtifactRecord, FormatKey
+from ..core.record import TRITON_RECORD, ArtifactRecord, FormatKey, files_read
 from ..core.tensors import class_output
 from ..data import images
 from ..formats import FORMATS
@@ -69,6 +70,20 @@ class TritonModel:
         return PYTHON_MODEL if self.backend is TritonBackend.python else FORMATS[self.record.format].triton.model_file
 
 
+# One folder name that Triton loads as the same model name (it requires config.pbtxt's name to equal the folder's):
+# letters, digits, '_', '-' and '.', not starting with '.' (hidden, and '.'/'..' are no folders), and short enough
+# for the _preprocess/_ensemble companions to fit a file name.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+
+def check_model_name(name: str, given: bool) -> str:
+    if not MODEL_NAME.fullmatch(name):
+        what = f"--name {name!r}" if given else f"the model name {name!r} (from the record; pass --name)"
+        raise FvdeployError(f"{what} is not a Triton model name: one folder name of letters, digits, '_', '-' and "
+                            "'.', not starting with '.', at most 200 characters")
+    return name
+
+
 def resolve(path: Path, opts: TritonOptions, name: str | None) -> TritonModel:
     art = open_artifact(path, model=None)  # NoRecord: one line naming the file
     record = art.record
@@ -97,8 +112,8 @@ def resolve(path: Path, opts: TritonOptions, name: str | None) -> TritonModel:
         raise FvdeployError("a TensorRT plan runs on a GPU: --instance-kind cpu is for ONNX")
     if opts.ort_tensorrt and backend is not TritonBackend.onnxruntime:
         raise FvdeployError("--ort-tensorrt is the onnxruntime backend's option (ONNX artifacts)")
-    stem = name or record.model.stem + (f"_{record.precision}" if record.precision != "fp32" else "")
-    return TritonModel(art, stem, backend, kind)
+    stem = name if name is not None else record.model.stem + (f"_{record.precision}" if record.precision != "fp32" else "")
+    return TritonModel(art, check_model_name(stem, name is not None), backend, kind)
 
 
 def check_repository(opts: TritonOptions, models: list[TritonModel]) -> None:
@@ -116,6 +131,10 @@ def check_repository(opts: TritonOptions, models: list[TritonModel]) -> None:
             raise FvdeployError(f"{folder} exists (pass --overwrite to replace that model)")
         if folder.exists() and not (folder / "config.pbtxt").is_file():
             raise FvdeployError(f"{folder} is not a Triton model folder: fvdeploy will not replace it")
+        for model in models:  # --overwrite replaces the folder: never one an input lives in
+            if folder.is_dir() and any(f.resolve().is_relative_to(folder.resolve()) for f in files_read(model.artifact.path)):
+                raise FvdeployError(f"{model.artifact.path} is inside {folder}, which this command would replace: "
+                                    "copy it out first, or choose another --name")
     check_output(repo / "README.md", True, ".md")  # the folder (or its nearest parent) is writable
 
 
@@ -362,7 +381,7 @@ def write_model(root: Path, model: TritonModel, opts: TritonOptions) -> None:
         _copy_model_file(model, version / model.model_file)
     if model.classifier:
         (folder / "labels.txt").write_text("\n".join(model.record.model.labels()) + "\n")
-    (folder / "fvdeploy.json").write_text(json.dumps(model.record.to_dict(), indent=2, default=str) + "\n")
+    (folder / TRITON_RECORD).write_text(json.dumps(model.record.to_dict(), indent=2, default=str) + "\n")
     if opts.preprocess:
         pre = root / f"{model.name}_preprocess"
         (pre / "1").mkdir(parents=True)
@@ -417,7 +436,17 @@ def readme_text(existing: str, models: list[TritonModel], opts: TritonOptions) -
 def write_repository(opts: TritonOptions, models: list[TritonModel]) -> list[str]:
     """Write every model into a temporary folder beside the repository, check it, then move it in."""
     repo = opts.repository
+    created = not repo.exists()
     repo.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fill(repo, opts, models)
+    except BaseException:
+        if created:
+            shutil.rmtree(repo, ignore_errors=True)  # made by this command, and nothing was moved in
+        raise
+
+
+def _fill(repo: Path, opts: TritonOptions, models: list[TritonModel]) -> list[str]:
     with scratch_folder(repo, prefix=".fvdeploy-") as work:
         for model in models:
             write_model(work, model, opts)

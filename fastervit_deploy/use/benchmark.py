@@ -18,7 +18,7 @@ from ..artifact import open_artifact
 from ..core.options import ModelRequest, RunOptions
 from ..core.reference import TorchRunner
 from ..system.errors import FvdeployError
-from ..system.files import atomic_output
+from ..system.figures import pyplot, save_png
 from ..system.machine import cpu
 from ..system.progress import progress_bar
 
@@ -41,8 +41,10 @@ def measure(runners: dict[str, Callable[[np.ndarray], object]], batches: dict[in
             iterations: int, console: Console | None = None) -> list[dict]:
     """Round-robin over runners for each batch size: one call each per round, warm-up rounds excluded."""
     results = []
-    total = len(batches) * (warmup + iterations)
-    with progress_bar(console or Console(stderr=True)) as bar:
+    # Counted in images, not rounds: a round at batch 32 takes about 32 times one at batch 1, so the rate and the
+    # time left hold across batch sizes.
+    total = sum(len(batch) for batch in batches.values()) * (warmup + iterations) * len(runners)
+    with progress_bar(console or Console(stderr=True), unit="images") as bar:
         task = bar.add_task("benchmarking", total=total)
         for batch_size, batch in batches.items():
             timings = {name: Timing(name, batch_size) for name in runners}
@@ -53,7 +55,7 @@ def measure(runners: dict[str, Callable[[np.ndarray], object]], batches: dict[in
                     took = (time.perf_counter() - start) * 1000.0
                     if i >= warmup:
                         timings[name].samples_ms.append(took)
-                bar.advance(task)
+                bar.advance(task, len(batch) * len(runners))
             results.extend(t.summary() for t in timings.values())
     return results
 
@@ -88,35 +90,42 @@ def machine(threads: int | None) -> dict:
             "vnni": facts["vnni"], "system": platform.system(), "versions": tool_versions()}
 
 
-def plot(results: list[dict], path: Path, info: dict) -> None:
-    import matplotlib
+def plot(report: dict, path: Path, overwrite: bool = False) -> None:
+    save_png(figure(report), path, overwrite)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.4))
+def figure(report: dict):
+    """Latency and throughput against batch size, one line per runner, its precision in the legend below the
+    axes (never over a point); the title names the model, the machine and the tools."""
+    plt = pyplot()
+    from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter
+
+    results, info = report["results"], report["machine"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.8), layout="constrained")
     sizes = sorted({r["batch"] for r in results})
     for name in dict.fromkeys(r["runner"] for r in results):
         rows = sorted((r for r in results if r["runner"] == name), key=lambda r: r["batch"])
-        xs = [r["batch"] for r in rows]
-        ax1.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=name)
-        ax2.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=name)
-    ax1.set(xlabel="batch", ylabel="p50 latency (ms)", title="latency", xscale="log", yscale="log")
+        xs, label = [r["batch"] for r in rows], f"{name} ({rows[0].get('precision', '?')})"
+        ax1.plot(xs, [r["p50_ms"] for r in rows], marker="o", label=label)
+        ax2.plot(xs, [r["throughput_ips"] for r in rows], marker="o", label=label)
+    ax1.set(xlabel="batch", ylabel="p50 latency (ms, log)", title="latency", xscale="log", yscale="log")
     ax2.set(xlabel="batch", ylabel="images / s", title="throughput", xscale="log")
+    # A log latency axis labelled at 1-2-5 steps of every decade it spans, not only at the powers of ten.
+    ax1.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax1.yaxis.set_major_formatter(ScalarFormatter())
+    ax1.yaxis.set_minor_locator(NullLocator())
     for ax in (ax1, ax2):
         ax.set_xticks(sizes, [str(n) for n in sizes])  # labelled at the measured batch sizes, nothing between
         ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(True, alpha=0.3)
-        ax.legend()
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False)
     versions = info["versions"]
-    fig.suptitle(f"{info['cpu']}, {info['threads']} of {info['cores']} threads; onnxruntime "
-                 f"{versions.get('onnxruntime', versions.get('onnxruntime-gpu', '-'))}, torch {versions.get('torch', '-')}",
-                 fontsize=9)
-    fig.tight_layout()
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    model = f"{report.get('model', '')} {'x'.join(map(str, report.get('resolution', [])))}".strip()
+    fig.suptitle(f"{model}: p50 latency and throughput\n{info['cpu']}, {info['threads']} of {info['cores']} threads; "
+                 f"onnxruntime {versions.get('onnxruntime', versions.get('onnxruntime-gpu', '-'))}, "
+                 f"torch {versions.get('torch', '-')}", fontsize=9)
+    return fig
 
 
 def synthetic_batches(sizes: Sequence[int], shape: tuple[int, int, int], seed: int = 0) -> dict[int, np.ndarray]:
@@ -147,12 +156,18 @@ def benchmark(paths: list[Path], model: ModelRequest, runtime: RunOptions, sizes
     desc = first.model
     fns = {}
     runtime = dataclasses.replace(runtime, spinning=False)  # runners take turns: none may keep the cores busy
+    precisions = {}
     with contextlib.ExitStack() as stack:
         for art in arts:
             runner = stack.enter_context(art.runner(runtime))
             fns[f"{runner.name}:{art.path.name}"] = runner.infer
+            precisions[f"{runner.name}:{art.path.name}"] = art.record.precision.value
         if pytorch:
             fns["pytorch-eager"] = stack.enter_context(
                 TorchRunner(desc.build(), desc.input, desc.outputs, threads=runtime.threads)).infer
+            precisions["pytorch-eager"] = "fp32"
         results = measure(fns, synthetic_batches(sizes, desc.input.shape), warmup, iterations, console)
-    return {"results": results, "model": desc.name, "machine": machine(runtime.threads)}
+    for row in results:
+        row["precision"] = precisions[row["runner"]]
+    return {"results": results, "model": desc.name, "resolution": list(desc.resolution),
+            "machine": machine(runtime.threads)}

@@ -28,6 +28,7 @@ from ..graph.policy import plan_placement, scheme_for, weight_input
 from ..onnx.runner import session_options
 from ..quantize.trials import Labelled, Scorer, sensitivity
 from ..system.errors import FvdeployError
+from ..system.figures import pyplot, save_png
 from ..system.progress import progress_bar
 
 FP16_MAX = 65504.0
@@ -192,13 +193,8 @@ def debug(candidate_path: Path, reference_path: Path | None, images: Path | None
     return report
 
 
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..system.files import atomic_output
+def plot(report: dict, path: Path, overwrite: bool = False) -> None:
+    plt = pyplot()
 
     rows = report["layers"]
     x = [r["index"] for r in rows]
@@ -216,6 +212,4 @@ def plot(report: dict, path: Path) -> None:
                                                f"{Path(report['reference']).name}, {report['images']} images")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path, overwrite)

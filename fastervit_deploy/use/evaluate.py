@@ -29,6 +29,7 @@ from ..core.tensors import class_output
 from ..data.images import open_image, preprocess
 from ..data.labelled import LabelledImages, open_labelled
 from ..system.errors import FvdeployError
+from ..system.figures import pyplot, save_png
 from ..system.progress import progress_bar
 from .benchmark import machine, measure
 from .predict import run_batches
@@ -202,13 +203,8 @@ def drops_over(report: dict, max_drop: float) -> list[str]:
             if not r["reference"] and r["drop_points"] > max_drop]
 
 
-def plot_confusion(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..system.files import atomic_output
+def plot_confusion(report: dict, path: Path, overwrite: bool = False) -> None:
+    plt = pyplot()
 
     rows, names = report["results"], report["classes"]
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 4.8), squeeze=False, layout="constrained")
@@ -222,18 +218,11 @@ def plot_confusion(report: dict, path: Path) -> None:
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
             ax.set_yticks(range(len(names)), names, fontsize=7)
     fig.suptitle(f"confusion (rows: true class, normalised), {report['data']['images']} images", fontsize=9)
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path, overwrite)
 
 
-def plot_speed(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..system.files import atomic_output
+def plot_speed(report: dict, path: Path, overwrite: bool = False) -> None:
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.2, 4.4), layout="constrained")
     markers = "osD^vP*X"
@@ -250,8 +239,6 @@ def plot_speed(report: dict, path: Path) -> None:
     ax.set_title(f"{report['results'][0]['artifact'] if report['results'][0]['format'] == 'pytorch' else 'artifacts'}"
                  f" vs artifacts, {report['data']['images']} images\n{info['cpu']}, {info['threads']} of "
                  f"{info['cores']} threads", fontsize=9)
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_png(fig, path, overwrite)
 
 

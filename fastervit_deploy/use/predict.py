@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
+from PIL import Image
 
-from ..artifact import Artifact
+from ..artifact import Artifact, read_record
+from ..core.model_spec import ModelDescription
+from ..core.record import TRITON_RECORD, ArtifactRecord
 from ..core.options import RunOptions
 from ..core.runner import softmax
 from ..core.tensors import TensorKind, class_output
-from ..data.images import open_image, preprocess
+from ..data.images import open_image, preprocess, skipped_text
 from ..system.errors import FvdeployError
 
 
@@ -36,10 +41,46 @@ def run_batches(runner, batch: np.ndarray, batch_range: tuple[int, int]):
         yield {k: v[:n] for k, v in outputs.items()}
 
 
-def predict(art: Artifact, images: list[Path], top: int = 5, opts: RunOptions = RunOptions()) -> list[dict]:
-    """One row per image: its path and the ``top`` (label, index, probability), most likely first."""
+def model_of(artifact: str | Path | Artifact) -> ModelDescription:
+    """The model an artifact holds, from its record: an artifact file, or a Triton model folder fvdeploy wrote
+    (its ``fvdeploy.json``)."""
+    if isinstance(artifact, Artifact):
+        return artifact.model
+    path = Path(artifact)
+    if path.is_dir() and (path / TRITON_RECORD).is_file():
+        return ArtifactRecord.from_dict(json.loads((path / TRITON_RECORD).read_text()), path).model
+    return read_record(path).model
+
+
+def preprocess_images(images: Iterable[str | Path | Image.Image], artifact: str | Path | Artifact) -> np.ndarray:
+    """The batch the artifact's input takes, ``[N, 3, H, W]`` float32, from image files or PIL images: the
+    model's own evaluation preprocessing (resize by crop_pct, centre crop, normalise), as `fvdeploy predict` does."""
+    desc = model_of(artifact)
+    return np.stack([preprocess(img.convert("RGB") if isinstance(img, Image.Image) else open_image(Path(img)),
+                                desc.resolution, desc.preprocessing) for img in images])
+
+
+def predict(art: Artifact, images: list[Path], top: int = 5, opts: RunOptions = RunOptions(),
+            found: frozenset[Path] = frozenset(), note: Callable[[str], None] = lambda _: None) -> list[dict]:
+    """One row per image: its path and the ``top`` (label, index, probability), most likely first.
+
+    An image named on the command line must be readable; one ``found`` in a folder that is not is skipped (and
+    told to ``note``), as every folder reader of fvdeploy does."""
     desc = art.model
-    batch = np.stack([preprocess(open_image(p), desc.resolution, desc.preprocessing) for p in images])
+    arrays, read, skipped = [], [], []
+    for path in images:
+        try:
+            arrays.append(preprocess(open_image(path), desc.resolution, desc.preprocessing))
+            read.append(path)
+        except FvdeployError as err:
+            if path not in found:
+                raise
+            skipped.append(str(err).removeprefix("cannot read image "))
+    if skipped:
+        note(skipped_text(skipped))
+    if not arrays:
+        raise FvdeployError(f"no readable image ({skipped[0]})")
+    images, batch = read, np.stack(arrays)
     with art.runner(opts) as runner:
         probs = np.concatenate([probabilities(out, art) for out in run_batches(runner, batch, runner.batch_range)])
     names = art.model.labels()

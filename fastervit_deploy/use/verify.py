@@ -25,7 +25,11 @@ def verify(path: Path, model: ModelRequest, tolerance: Tolerance, runtime: RunOp
     runner = art.runner(runtime)  # before the reference is built: a runtime this machine lacks is said at once
     with steps("building PyTorch reference"):
         torch_model = desc.build(steps.note)
-        photos = batch_of(load_batch(desc.resolution, desc.preprocessing, images), batch)
+        read = load_batch(desc.resolution, desc.preprocessing, images, note=steps.note)
+        photos = batch_of(read, batch)
+    if len(read) < batch:  # the figures count the batch; say how many distinct images it holds
+        steps.note(f"{len(read)} distinct image{'s' if len(read) != 1 else ''} in a batch of {batch} (repeated, every "
+                   "second pass mirrored)")
     with steps(f"running {art.format.description}"), runner, \
             TorchRunner(torch_model, desc.input, desc.outputs, threads=runtime.threads) as reference:
         result = run_parity(lambda b: in_output_space(reference.infer(b), runner.outputs), runner, [photos], tol)

@@ -1,0 +1,129 @@
+"""No output replaces a file without --overwrite, none is ever one of the command's inputs, and every output path
+is checked before the work (faults round 3: items 1, 2 and 5).
+
+Each test makes the situation a user met, runs the real command, and re-reads the files afterwards: the input
+must be byte-for-byte what it was, and the refusal must come before any work (no step line printed)."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fastervit_deploy.core.record import sidecar_path
+from fastervit_deploy.data.images import skimage_photos
+from fastervit_deploy.system.files import TEMP_NAME_EXTRA
+
+from .helpers import assert_one_line_error, cli, export_tiny, tiny_checkpoint
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    path, _ = export_tiny(root, filename="m.onnx", verify=False)
+    photo = root / "photo.png"
+    skimage_photos()[1].save(photo)
+    return path, photo
+
+
+def no_work_done(output: str) -> bool:
+    return "✓" not in output  # every step that ran prints a ✓ line
+
+
+@pytest.mark.parametrize("command", [
+    ["predict", "{m}", "{photo}", "--json", "{m}.json"],
+    ["verify", "{m}", "--batch", "1", "--json", "{m}.json"],
+    ["benchmark", "{m}", "--batch", "1", "--iterations", "1", "--no-pytorch", "--json", "{m}.json"],
+])
+def test_a_report_never_replaces_the_artifacts_own_sidecar_even_with_overwrite(exported, command):
+    m, photo = exported
+    before = digest(sidecar_path(m))
+    args = [a.format(m=m, photo=photo) for a in command]
+    for extra in ([], ["--overwrite"]):
+        result = cli(*args, *extra)
+        assert_one_line_error(result, r"--json .*m\.onnx\.json is one of this command's inputs", 2)
+        assert no_work_done(result.output)
+    assert digest(sidecar_path(m)) == before
+    assert cli("verify", m, "--batch", 1).exit_code == 0  # the record still describes the artifact
+
+
+def test_a_plot_replaces_an_existing_file_only_with_overwrite_and_never_an_input_through_a_link(exported, tmp_path):
+    m, photo = exported
+    kept = tmp_path / "photo.png"
+    kept.write_bytes(photo.read_bytes())
+    result = cli("benchmark", m, "--batch", 1, "--iterations", 1, "--no-pytorch", "--plot", kept)
+    assert_one_line_error(result, r"--plot .*photo\.png exists \(pass --overwrite to replace it\)", 2)
+    assert no_work_done(result.output) and kept.read_bytes() == photo.read_bytes()
+    # The same input under another name (a symbolic and a hard link): refused by identity, --overwrite or not.
+    (tmp_path / "soft.json").symlink_to(sidecar_path(m))
+    os.link(sidecar_path(m), tmp_path / "hard.json")
+    for name in ("soft.json", "hard.json"):
+        assert_one_line_error(cli("predict", m, photo, "--json", tmp_path / name, "--overwrite"),
+                              rf"--json .*{name} is one of this command's inputs \(.*m\.onnx\.json\)", 2)
+    # With --overwrite an existing file that is no input is replaced, and the report is what the command says.
+    result = cli("benchmark", m, "--batch", 1, "--iterations", 1, "--no-pytorch", "--plot", kept, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert kept.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and kept.read_bytes() != photo.read_bytes()
+
+
+def test_two_reports_in_one_file_are_refused(exported, tmp_path):
+    m, _ = exported
+    same = tmp_path / "a.png"
+    assert_one_line_error(cli("evaluate", m, "--data", tmp_path, "--plot", same, "--speed", "--speed-plot", same),
+                          r"--speed-plot .*a\.png is (one of this command's inputs|already another report's file)", 2)
+
+
+def test_no_artifact_output_is_one_of_its_inputs(exported, tmp_path):
+    m, _ = exported
+    ckpt = tiny_checkpoint(tmp_path / "ck.onnx")  # a checkpoint that happens to end in .onnx
+    before = digest(ckpt)
+    for output in (ckpt, tmp_path / "link.onnx"):
+        if output.name == "link.onnx":
+            output.symlink_to(ckpt)
+        result = cli("export-onnx", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--output", output, "--overwrite")
+        assert_one_line_error(result, r"output .*\.onnx is one of this command's inputs", 2)
+        assert no_work_done(result.output)
+    assert digest(ckpt) == before
+    # quantize's input, and its input's sidecar, likewise (the output's own suffix rule aside)
+    assert_one_line_error(cli("quantize", m, "--fp16", "-o", m, "--overwrite"), r"output .*m\.onnx is one of", 2)
+
+
+def test_a_cache_that_cannot_be_written_is_refused_before_calibrating(exported, tmp_path):
+    m, photo = exported
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "a.png").write_bytes(photo.read_bytes())
+    result = cli("quantize", m, "--int8", "--calib-dir", calib, "--calib-cache", "/proc/fvdeploy.cache",
+                 "-o", tmp_path / "q.onnx")
+    assert_one_line_error(result, r"--calib-cache folder /proc is not writable", 2)
+    assert no_work_done(result.output) and not (tmp_path / "q.onnx").exists()
+    assert_one_line_error(cli("quantize", m, "--int8", "--calib-dir", calib, "--calib-cache", tmp_path,
+                              "-o", tmp_path / "q.onnx"), r"--calib-cache .* is a folder", 2)
+
+
+def test_an_output_name_too_long_for_its_temporary_folder_is_refused_at_once(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX") - TEMP_NAME_EXTRA
+    fits, too_long = "a" * (limit - len(".onnx")) + ".onnx", "a" * (limit - len(".onnx") + 1) + ".onnx"
+    result = cli("export-onnx", "--model", "faster_vit_0_224", "-o", tmp_path / too_long)
+    assert_one_line_error(result, rf"output name a+\.\.\. is {limit + 1} bytes: .* at most {limit} bytes here", 2)
+    assert no_work_done(result.output) and list(tmp_path.iterdir()) == []
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    result = cli("export-onnx", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--no-verify", "-o", tmp_path / fits)
+    assert result.exit_code == 0, result.output  # the longest name that fits is written, sidecar and all
+    assert (tmp_path / fits).is_file() and json.loads(sidecar_path(tmp_path / fits).read_text())["precision"] == "fp32"
+
+
+def test_no_record_names_the_temporary_folder_it_was_written_in(exported, tmp_path):
+    m, _ = exported
+    half = tmp_path / "m_fp16.onnx"
+    assert cli("quantize", m, "--fp16", "-o", half).exit_code == 0
+    for artifact in (m, half):
+        text = sidecar_path(artifact).read_text()
+        # The checks report names the file it read: the published one, never ".m.onnx.xxxxxxxx.tmp/m.onnx".
+        assert ".tmp" not in text, [line for line in text.splitlines() if ".tmp" in line]
+        assert json.loads(text)["checks"]["path"] == str(artifact)
