@@ -101,14 +101,6 @@ def test_coreml_bad_input(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(platform.system() == "Darwin", reason="checks the explanation given off macOS")
-def test_verify_mlpackage_explains_itself_off_macos(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
-    out = tmp_path / "t.mlpackage"
-    assert cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", out).exit_code == 0
-    assert_one_line_error(cli("verify", out), r"Core ML predictions need macOS", code=3)
-
-
 @pytest.mark.macos
 def test_predictions_match_pytorch_on_macos(tmp_path):
     out = tmp_path / "fv0.mlpackage"
@@ -120,28 +112,37 @@ def test_predictions_match_pytorch_on_macos(tmp_path):
     assert np.isfinite(record.parity["overall"]["cosine_min"])
 
 
-def test_the_classifier_names_the_models_own_classes(tmp_path):
-    names = [f"kind-{i}" for i in range(10)]
-    (tmp_path / "names.txt").write_text("\n".join(names))
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
-    out = tmp_path / "named.mlpackage"
-    result = cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--labels", tmp_path / "names.txt",
+NAMES = [f"kind-{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def named_package(tmp_path_factory):
+    """One tiny package with its own class names, read back by the tests below (each asks its own question)."""
+    root = tmp_path_factory.mktemp("named")
+    (root / "names.txt").write_text("\n".join(NAMES))
+    ckpt = tiny_checkpoint(root / "tiny.pth.tar")
+    out = root / "named.mlpackage"
+    result = cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--labels", root / "names.txt",
                  "-o", out)
     assert result.exit_code == 0, result.output
-    spec = ct.models.MLModel(str(out), skip_model_load=True).get_spec()  # the saved package, read back
+    return out
+
+
+@pytest.mark.xdist_group("coreml-named")
+def test_the_classifier_names_the_models_own_classes(named_package):
+    spec = ct.models.MLModel(str(named_package), skip_model_load=True).get_spec()  # the saved package, read back
     (classify,) = [op for op in spec.mlProgram.functions["main"].block_specializations["CoreML7"].operations
                    if op.type == "classify"]
     labels = [v.immediateValue.tensor.strings.values[0]
               for v in classify.inputs["classes"].arguments[0].value.immediateValue.list.values]
-    assert labels == names
+    assert labels == NAMES
     assert "probabilities of 10 classes" in spec.description.metadata.shortDescription
 
 
-def test_the_package_holds_what_its_manifest_lists_and_nothing_else(tmp_path):
+@pytest.mark.xdist_group("coreml-named")
+def test_the_package_holds_what_its_manifest_lists_and_nothing_else(named_package):
     """coremltools writes ExecuTorch's debug-handle map (200+ KB) beside the model; a shipped package needs it not."""
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
-    out = tmp_path / "m.mlpackage"
-    assert cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", out).exit_code == 0
+    out = named_package
     manifest = json.loads((out / "Manifest.json").read_text())
     listed = {f"Data/{item['path']}" for item in manifest["itemInfoEntries"].values()}
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
@@ -166,12 +167,9 @@ def test_ctrl_c_during_conversion_leaves_no_temporary_folder(tmp_path):
     assert not (tmp_path / "m.mlpackage").exists()
 
 
-def test_verify_on_linux_says_it_cannot_run_a_package_before_building_anything(tmp_path):
-    if platform.system() == "Darwin":
-        pytest.skip("macOS runs Core ML predictions")
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
-    out = tmp_path / "m.mlpackage"
-    assert cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", out).exit_code == 0
-    result = cli("verify", out)
+@pytest.mark.xdist_group("coreml-named")
+@pytest.mark.skipif(platform.system() == "Darwin", reason="checks the explanation given off macOS")
+def test_verify_off_macos_says_it_cannot_run_a_package_before_building_anything(named_package):
+    result = cli("verify", named_package)
     assert_one_line_error(result, r"Core ML predictions need macOS", 3)
     assert "✓" not in result.output and "Failed to load" not in result.output  # no reference built, no import noise

@@ -62,10 +62,12 @@ def test_a_carrier_size_larger_than_the_window_is_one_line(ct, tmp_path):
 # ---- item 8: advice -----------------------------------------------------------------------------------------------
 
 def test_an_onnx_without_a_record_gets_advice_its_command_can_follow(tmp_path):
-    fv0 = tmp_path / "fv0.onnx"  # FasterViT-0 itself (seeded): the --model the advice asks for must fit the graph
-    assert cli("export-onnx", "--model", "faster_vit_0_224", "--no-verify", "-o", fv0).exit_code == 0
+    # A tiny model from a checkpoint that carries its architecture: the options the advice asks for fit the graph.
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    made = tmp_path / "made.onnx"
+    assert cli("export-onnx", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--no-verify", "-o", made).exit_code == 0
     bare = tmp_path / "bare.onnx"
-    model = onnx.load(str(fv0))
+    model = onnx.load(str(made))
     del model.metadata_props[:]
     onnx.save(model, str(bare))
     for args in (["quantize", bare, "--fp16"], ["build-trt", "--onnx", bare]):
@@ -77,7 +79,7 @@ def test_an_onnx_without_a_record_gets_advice_its_command_can_follow(tmp_path):
         assert result.exit_code == 2 and "--model and" not in result.output, result.output
     result = cli("verify", bare, "--batch", 1)  # verify has --model, and following the advice works
     assert "pass --model and the options it was made with" in result.output
-    follow = cli("verify", bare, "--model", "faster_vit_0_224", "--batch", 1)
+    follow = cli("verify", bare, "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--batch", 1)
     assert follow.exit_code == 0 and "verification passed" in follow.output, follow.output
 
 

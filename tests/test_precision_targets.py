@@ -243,6 +243,7 @@ def test_one_schemes_graph_fails_anothers_check():
     assert not fp8_as_cpu.ok and "zero point is float8_e4m3fn" in fp8_as_cpu.detail
 
 
+@pytest.mark.xdist_group("fastervit0")  # one worker exports FasterViT-0 for both, instead of one waiting on the other
 @pytest.mark.parametrize("flag", [["--int8", "--target", "onnxruntime-cpu"],
                                   pytest.param(["--fp8"], marks=pytest.mark.slow)],  # ModelOpt's FP8: a minute
                          ids=["cpu-int8", "fp8"])

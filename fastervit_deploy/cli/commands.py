@@ -30,6 +30,7 @@ from ..core.options import (
 from ..core.precision import Tolerance
 from ..core.record import files_read
 from ..system.errors import CheckFailed, FvdeployError
+from ..system import jsontext
 from ..system.files import check_output, write_text_atomic
 from ..system.progress import Steps, console
 from .groups import JsonOpt, OverwriteReports, PlotOpt
@@ -61,7 +62,7 @@ def _check_reports(overwrite: bool, inputs: list[Path], **reports: Path | None) 
 
 def _write_json(path: Path | None, data: dict, overwrite: bool) -> None:
     if path is not None:
-        write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n", overwrite)
+        write_text_atomic(path, jsontext.dumps(data) + "\n", overwrite)
 
 
 def _wrote(record: ArtifactRecord, output: Path) -> None:
