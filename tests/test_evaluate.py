@@ -180,6 +180,7 @@ def test_a_gate_on_the_drop_unreadable_files_and_bad_input(digits_folder, digits
     assert_one_line_error(result, r"untrained.onnx drops [\d.]+ points \(> 1\)", 1)
     report = json.loads(out.read_text())  # the figures are written before the gate fails
     assert not report["passed"] and report["data"]["images"] == 360 and len(report["data"]["skipped"]) == 1
+    assert "note: skipped 1 unreadable: " in result.output and "broken.png" in result.output  # said, not only written
     assert rows(report)["untrained.onnx"]["drop_points"] > 50 and report["reference"] == "reference:digits.onnx"
     assert_one_line_error(cli("evaluate", digits_artifacts["fp32"], "--data", tmp_path / "absent"), r"data folder not found", 2)
     assert_one_line_error(cli("evaluate", "--data", data), r"give artifacts to evaluate, or --model", 2)

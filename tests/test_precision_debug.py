@@ -9,11 +9,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from PIL import Image
 
 from fastervit_deploy.artifact import read_record
+from fastervit_deploy.data.datasets import digits_split
+from fastervit_deploy.data.images import preprocess
 from fastervit_deploy.graph.graph import Graph
 from fastervit_deploy.graph.inspect import inspect_path
 from fastervit_deploy.graph.policy import plan_placement
+from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
 from .helpers import assert_one_line_error, cli
 
@@ -68,14 +72,30 @@ def test_debug_names_the_planted_sites_consumer_and_ranks_its_group_first(digits
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def labelled_folder(folder: Path, count: int = 40) -> tuple[Path, list[Path]]:
+    """The first ``count`` held-out digits as an ImageFolder, plus one file no reader can decode."""
+    _, _, test, labels = digits_split()
+    readable = []
+    for i, (img, label) in enumerate(list(zip(test, labels))[:count]):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        img.save(folder / str(label) / f"{i:04d}.png")
+        readable.append(folder / str(label) / f"{i:04d}.png")
+    (folder / str(labels[0]) / "broken.png").write_bytes(b"not a png")
+    return folder, readable
+
+
 def test_fallback_auto_keeps_exactly_the_planted_group_and_inspect_accepts_only_that(digits_artifacts, tmp_path):
+    """With --data the target includes accuracy on labels (--max-drop); an unreadable file there is skipped, said."""
     fp32 = digits_artifacts["fp32"]
     tensor, op = site(fp32)
     # Without a fallback this cache fails the default check (cosine < 0.9: the test above writes it on purpose).
     bad = planted_cache(digits_artifacts["cache"], tmp_path / "bad.cache", tensor, 1e-3)
+    data, readable = labelled_folder(tmp_path / "val")
     out = tmp_path / "fixed.onnx"
-    result = quantize(fp32, "--int8", "--calib-cache", bad, "--fallback", "auto", "-o", out)
+    result = quantize(fp32, "--int8", "--calib-cache", bad, "--fallback", "auto", "--data", data, "--max-drop", 0.5,
+                      "-o", out)
     assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable: " in result.output and "broken.png" in result.output
     record = read_record(out)
     assert record.qdq_excluded == (op,) and record.details["int8"]["fallback"]["kept"] == [op]
     assert record.parity["overall"]["cosine_min"] >= 0.99
@@ -91,6 +111,18 @@ def test_fallback_auto_keeps_exactly_the_planted_group_and_inspect_accepts_only_
     onnx.save(model, str(tmp_path / "edited.onnx"))
     edited = inspect_path(tmp_path / "edited.onnx").finding("qdq-placement")
     assert not edited.ok and f"{op} is not INT8 and not recorded as excluded" in edited.detail
+    # The written graph, re-opened: its top-1 on the 40 readable images is the one the fallback's last step measured.
+    desc = record.model
+    x = np.stack([preprocess(Image.open(f).convert("RGB"), desc.resolution, desc.preprocessing) for f in readable])
+    y = np.asarray([int(f.parent.name) for f in readable])
+    with OnnxRuntimeRunner(out) as runner:
+        top1 = float((runner.infer(x)["logits"].argmax(1) == y).mean())
+    step = record.details["int8"]["fallback"]["steps"][-1]
+    assert step["meets"] and step["top1"] == pytest.approx(top1) and step["drop_points"] <= 0.5
+    # debug reads the same folder alike: the 40 readable images, the broken one said.
+    result = cli("debug", out, "--data", data, "--no-sensitivity", "--json", tmp_path / "d.json")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable" in result.output and json.loads((tmp_path / "d.json").read_text())["images"] == 40
 
 
 def test_an_unreachable_target_exits_1_with_the_best_reached(digits_artifacts, tmp_path):
@@ -142,3 +174,4 @@ def test_debug_of_fp16_graphs_and_bad_input(digits_artifacts, tmp_path):
     first = report["first_beyond"]
     assert first["node"] == conv.name and "leave FP16's range" in first["beyond"][-1]
     assert_one_line_error(cli("debug", digits_artifacts["fp32"]), r"debug compares an FP16 or quantized ONNX", 2)
+

@@ -27,14 +27,12 @@ import numpy as np
 import onnx
 from rich.console import Console
 
-from ..core.classes import ClassMap
 from ..core.finish import finish
 from ..core.options import DEFAULT_FP32_OPS, CalibrationMethod, CalibrationOptions, Fallback, QuantBackend
 from ..core.parity import ParityJob, describe
 from ..core.precision import TOLERANCES, Precision, QuantTarget
 from ..core.record import ArtifactRecord, RecordedArtifact, read_artifact
-from ..data.images import batch_of, list_images, load_batch, open_image, preprocess
-from ..data.labelled import open_labelled
+from ..data.images import batch_of, list_images, load_batch
 from ..graph.inspect import inspect_model
 from ..graph.policy import Placement, Scheme, SiteGroup, compute_precisions, enforce, plan_placement, scheme_for
 from ..onnx import metadata
@@ -304,25 +302,6 @@ def quantize_qdq(job: QuantizeJob, scheme: Scheme, tmp: Path, src: ArtifactRecor
     return details, placement.excluded
 
 
-def labelled_images(job: QuantizeJob, src: ArtifactRecord, steps: Steps) -> Labelled:
-    """--data: the labelled images (a seeded subset), preprocessed once, and the FP32 graph's top-1 on them."""
-    target, desc = job.accuracy, src.model
-    data = open_labelled(target.data, ClassMap.of(desc.config.num_classes, desc.class_names), target.labels_file,
-                         target.limit)
-    arrays, labels, skipped = [], [], 0
-    for path, label in zip(data.files, data.labels):
-        try:
-            arrays.append(preprocess(open_image(path), desc.resolution, desc.preprocessing))
-            labels.append(label)
-        except FvdeployError:
-            skipped += 1
-    if not arrays:
-        raise FvdeployError(f"no readable image in {target.data}")
-    if skipped:
-        steps.note(f"skipped {skipped} unreadable files of {target.data}")
-    return Labelled(np.stack(arrays), np.asarray(labels))
-
-
 def quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
     source: RecordedArtifact = job.source_artifact or read_artifact(job.source, metadata.read_identity)
     src = source.record
@@ -331,7 +310,8 @@ def quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
     tolerance = TOLERANCES[job.precision].override(job.tolerance)
     with steps("the FP32 graph on real images"):
         images = batch_of(load_batch(src.model.resolution, src.model.preprocessing, job.images.images), EVAL_IMAGES)
-        labelled = labelled_images(job, src, steps) if job.accuracy.data is not None else None
+        labelled = (Labelled.read(job.accuracy.data, job.accuracy.labels_file, job.accuracy.limit, src.model, steps.note)
+                    if job.accuracy.data is not None else None)
         with OnnxRuntimeRunner(job.source, src) as fp32:
             references = fp32.infer(images)
             if labelled is not None:

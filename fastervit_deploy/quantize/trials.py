@@ -22,10 +22,14 @@ import onnx
 from onnx import numpy_helper
 
 from ..core.accuracy import Tally
+from ..core.classes import ClassMap
+from ..core.model_spec import ModelDescription
 from ..core.parity import run_parity
 from ..core.precision import Tolerance
 from ..core.record import ArtifactRecord
 from ..core.tensors import class_output
+from ..data.images import preprocess, readable_images, skipped_text
+from ..data.labelled import open_labelled
 from ..graph.graph import CASTS, Graph
 from ..graph.policy import SiteGroup, drop_unused
 from ..onnx.runner import OnnxRuntimeRunner
@@ -127,6 +131,23 @@ class Labelled:
     images: np.ndarray
     labels: np.ndarray
     fp32_top1: float = 0.0
+
+    @classmethod
+    def read(cls, folder: Path, labels_file: Path | None, limit: int | None, desc: ModelDescription,
+             note: Callable[[str], None]) -> "Labelled":
+        """``--data``: the labelled images (a seeded subset with ``limit``), preprocessed once for ``desc``;
+        unreadable files are skipped and told to ``note``."""
+        data = open_labelled(folder, ClassMap.of(desc.config.num_classes, desc.class_names), labels_file, limit)
+        skipped: list[str] = []
+        arrays, labels, pending = [], [], iter(zip(data.files, data.labels))
+        for path, img in readable_images(data.files, skipped):  # in order: each image decoded, then let go
+            arrays.append(preprocess(img, desc.resolution, desc.preprocessing))
+            labels.append(next(label for file, label in pending if file == path))  # past the skipped ones
+        if not arrays:
+            raise FvdeployError(f"no readable image in {folder}" + (f" ({skipped[0]})" if skipped else ""))
+        if skipped:
+            note(f"{folder}: {skipped_text(skipped)}")
+        return cls(np.stack(arrays), np.asarray(labels))
 
 
 @dataclass

@@ -12,17 +12,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 from rich.console import Console
 
 from ..artifact import Artifact, open_artifact
-from ..core.classes import ClassMap
 from ..core.precision import TOLERANCES, Precision, QuantTarget, Tolerance
 from ..core.record import FormatKey
-from ..data.images import batch_of, load_batch, open_image, preprocess
-from ..data.labelled import open_labelled
+from ..data.images import batch_of, load_batch
 from ..graph.graph import Graph
 from ..graph.policy import plan_placement, scheme_for, weight_input
 from ..onnx.runner import session_options
@@ -150,13 +149,12 @@ def _reference(candidate: Artifact, given: Path | None) -> Artifact:
 
 
 def _images(art: Artifact, images: Path | None, data: Path | None, labels_file: Path | None,
-            limit: int) -> tuple[np.ndarray, Labelled | None]:
+            limit: int, note: Callable[[str], None]) -> tuple[np.ndarray, Labelled | None]:
     desc = art.model
     if data is None:
-        return batch_of(load_batch(desc.resolution, desc.preprocessing, images), IMAGES), None
-    labelled = open_labelled(data, ClassMap.of(desc.config.num_classes, desc.class_names), labels_file, limit)
-    arrays = np.stack([preprocess(open_image(f), desc.resolution, desc.preprocessing) for f in labelled.files])
-    return arrays, Labelled(arrays, np.asarray(labelled.labels))
+        return batch_of(load_batch(desc.resolution, desc.preprocessing, images, note=note), IMAGES), None
+    labelled = Labelled.read(data, labels_file, limit, desc, note)
+    return labelled.images, labelled
 
 
 def debug(candidate_path: Path, reference_path: Path | None, images: Path | None, data: Path | None,
@@ -170,7 +168,8 @@ def debug(candidate_path: Path, reference_path: Path | None, images: Path | None
     precision = candidate.record.precision
     tol = TOLERANCES[precision].override(tolerance)  # the outputs' (sensitivity trials)
     layer_cosine = tolerance.min_cosine if tolerance.min_cosine is not None else LAYER_COSINE[precision]
-    x, labelled = _images(candidate, images, data, labels_file, limit)
+    x, labelled = _images(candidate, images, data, labels_file, limit,
+                          lambda m: console.print(f"note: {m}", markup=False, highlight=False, soft_wrap=True))
     ref_model, cand_model = onnx.load(str(reference.path)), onnx.load(str(candidate.path))
     rows = layerwise(ref_model, cand_model, x, layer_cosine, precision is Precision.fp16, console)
     report = {"candidate": str(candidate.path), "reference": str(reference.path), "precision": precision.value,

@@ -26,7 +26,7 @@ from ..core.options import ModelRequest, RunOptions
 from ..core.reference import TorchRunner
 from ..core.runner import Runner
 from ..core.tensors import class_output
-from ..data.images import open_image, preprocess
+from ..data.images import preprocess, readable_images, skipped_text
 from ..data.labelled import LabelledImages, open_labelled
 from ..system.errors import FvdeployError
 from ..system.figures import pyplot, save_png
@@ -100,14 +100,10 @@ def _members(paths: list[Path], model: ModelRequest, reference: Path | None, run
 
 
 def _decode(files: tuple[Path, ...], skipped: list[str]) -> tuple[list, list[int]]:
-    images, kept = [], []
-    for i, path in enumerate(files):
-        try:
-            images.append(open_image(path))
-            kept.append(i)
-        except FvdeployError as err:
-            skipped.append(str(err).removeprefix("cannot read image "))
-    return images, kept
+    """The readable images of ``files`` and their positions there (the labels go by position)."""
+    read = dict(readable_images(files, skipped))
+    kept = [i for i, path in enumerate(files) if path in read]
+    return [read[files[i]] for i in kept], kept
 
 
 def _chunk_size(batch: int, members: list[Member]) -> int:
@@ -160,7 +156,9 @@ def speed_pass(ref: Member, members: list[Member], data: LabelledImages, batch: 
         desc = m.model
         x = np.stack([preprocess(images[i % len(images)], desc.resolution, desc.preprocessing) for i in range(n)])
         fns[m.name] = lambda _batch, x=x, m=m: m.runner.infer(x)
-    results = measure(fns, {n: np.zeros(1, np.float32)}, warmup, iterations, console)
+    # Each member times its own preprocessed batch; ``measure`` is given only the batch size (an empty [n, 0] array:
+    # its progress counts images by the batch's length).
+    results = measure(fns, {n: np.empty((n, 0), np.float32)}, warmup, iterations, console)
     return {r["runner"]: {"batch": n, "p50_ms": r["p50_ms"], "throughput_ips": r["throughput_ips"]} for r in results}
 
 
@@ -183,6 +181,8 @@ def evaluate(paths: list[Path], data_dir: Path, model: ModelRequest, runtime: Ru
         skipped = accuracy_pass(ref, members, data, batch, console)
         if ref.tally.images == 0:
             raise FvdeployError(f"no readable image in {data_dir} ({skipped[0] if skipped else 'none listed'})")
+        if skipped:
+            console.print(f"note: {skipped_text(skipped)}", markup=False, highlight=False, soft_wrap=True)
         timings = speed_pass(ref, members, data, speed_batch, warmup, iterations, console) if speed_batch else {}
     ref_top1 = ref.tally.top1 / ref.tally.images
     rows = []

@@ -15,7 +15,7 @@ from ..core.record import TRITON_RECORD, ArtifactRecord
 from ..core.options import RunOptions
 from ..core.runner import softmax
 from ..core.tensors import TensorKind, class_output
-from ..data.images import open_image, preprocess, skipped_text
+from ..data.images import open_image, preprocess, readable_images, skipped_text
 from ..system.errors import FvdeployError
 
 
@@ -69,13 +69,10 @@ def predict(art: Artifact, images: list[Path], top: int = 5, opts: RunOptions = 
     desc = art.model
     arrays, read, skipped = [], [], []
     for path in images:
-        try:
-            arrays.append(preprocess(open_image(path), desc.resolution, desc.preprocessing))
+        opened = readable_images([path], skipped) if path in found else [(path, open_image(path))]
+        for _, img in opened:
+            arrays.append(preprocess(img, desc.resolution, desc.preprocessing))
             read.append(path)
-        except FvdeployError as err:
-            if path not in found:
-                raise
-            skipped.append(str(err).removeprefix("cannot read image "))
     if skipped:
         note(skipped_text(skipped))
     if not arrays:
