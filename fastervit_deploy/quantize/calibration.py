@@ -219,12 +219,13 @@ def calibration_files(folder: Path, limit: int) -> tuple[list[Path], dict]:
     return files, sample
 
 
-def calibrate(model_path: Path, needed: set[str], folder: Path, limit: int, size: tuple[int, int], pre: Preprocessing,
-              method: CalibrationMethod, workdir: Path, note: Callable[[str], None], symmetric: bool = True,
-              advance: Callable[[int], None] = lambda n: None) -> Calibration:
-    """Ranges of the ``needed`` activation tensors from real images, streamed in chunks (``advance``: images done)."""
+def calibrate(model_path: Path, needed: set[str], folder: Path, chosen: tuple[list[Path], dict], size: tuple[int, int],
+              pre: Preprocessing, method: CalibrationMethod, workdir: Path, note: Callable[[str], None],
+              symmetric: bool = True, advance: Callable[[int], None] = lambda n: None) -> Calibration:
+    """Ranges of the ``needed`` activation tensors from the ``chosen`` images of ``folder`` (``calibration_files``),
+    streamed in chunks (``advance``: images done)."""
     model = onnx.load(str(model_path), load_external_data=False)
-    files, sample = calibration_files(folder, limit)
+    files, sample = chosen
     if sample["chosen"] < sample["of"]:
         note(f"calibrating on a sample of {sample['chosen']} of the {sample['of']} images in {folder}, spread over "
              f"{sample['folders']} folder(s) (seed {sample['seed']}; --calib-images sets how many)")

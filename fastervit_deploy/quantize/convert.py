@@ -32,7 +32,7 @@ from ..core.options import DEFAULT_FP32_OPS, CalibrationMethod, CalibrationOptio
 from ..core.parity import ParityJob, describe
 from ..core.precision import TOLERANCES, Precision, QuantTarget
 from ..core.record import ArtifactRecord, RecordedArtifact, read_artifact
-from ..data.images import batch_of, list_images, load_batch
+from ..data.images import batch_of, load_batch
 from ..graph.inspect import inspect_model
 from ..graph.policy import Placement, Scheme, SiteGroup, compute_precisions, enforce, plan_placement, scheme_for
 from ..onnx import metadata
@@ -43,7 +43,7 @@ from ..system.machine import cpu
 from ..system.progress import Steps, console, progress_bar
 from ..system.resources import release_memory
 from ..system.workers import in_child_process
-from .calibration import Calibration, Ranges, cache_text, calibrate, read_cache, symmetric_scales
+from .calibration import Calibration, Ranges, cache_text, calibrate, calibration_files, read_cache, symmetric_scales
 from .fp16 import convert_to_fp16, float_types, lower_float_part, quiet_modelopt
 from .job import QuantizeJob, refuse_backend
 from .trials import Labelled, Scorer, greedy_fallback, sensitivity, timed, with_scales
@@ -177,12 +177,12 @@ def ranges_for(job: QuantizeJob, scheme: Scheme, needed: set[str], src: Artifact
                     opts.method is CalibrationMethod.auto else "") + ")")
         return calibration
     method = calibration_method(job)
-    total = min(opts.calib_images, len(list_images(opts.calib_dir)))
-    with steps.counted(f"calibrating on images from {opts.calib_dir} ({method.value}, streamed)", total,
+    chosen = calibration_files(Path(opts.calib_dir), opts.calib_images)
+    with steps.counted(f"calibrating on images from {opts.calib_dir} ({method.value}, streamed)", len(chosen[0]),
                        "images") as advance:
-        return calibrate(workdir / "source.onnx", needed, Path(opts.calib_dir), opts.calib_images,
-                         src.model.resolution, src.model.preprocessing, method, workdir, steps.note,
-                         symmetric=scheme.symmetric_activations, advance=advance)
+        return calibrate(workdir / "source.onnx", needed, Path(opts.calib_dir), chosen, src.model.resolution,
+                         src.model.preprocessing, method, workdir, steps.note, symmetric=scheme.symmetric_activations,
+                         advance=advance)
 
 
 def write_qdq(job: QuantizeJob, scheme: Scheme, workdir: Path, tmp: Path, placement: Placement, ranges: Ranges,

@@ -140,8 +140,8 @@ def benchmark(paths: list[Path], model: ModelRequest, runtime: RunOptions, sizes
         raise FvdeployError("batch sizes must be at least 1")
     arts = [open_artifact(a, model) for a in paths]
     for art in arts:
-        if art.runtime_note(runtime):
-            console.print(art.runtime_note(runtime), markup=False, highlight=False, soft_wrap=True)
+        if note := art.runtime_note(runtime):
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
     first = arts[0]
     for art in arts[1:]:
         if art.model.input.shape != first.model.input.shape:
@@ -160,8 +160,8 @@ def benchmark(paths: list[Path], model: ModelRequest, runtime: RunOptions, sizes
     with contextlib.ExitStack() as stack:
         for art in arts:
             runner = stack.enter_context(art.runner(runtime))
-            fns[f"{runner.name}:{art.path.name}"] = runner.infer
-            precisions[f"{runner.name}:{art.path.name}"] = art.record.precision.value
+            name = f"{runner.name}:{art.path.name}"
+            fns[name], precisions[name] = runner.infer, art.record.precision.value
         if pytorch:
             fns["pytorch-eager"] = stack.enter_context(
                 TorchRunner(desc.build(), desc.input, desc.outputs, threads=runtime.threads)).infer

@@ -79,8 +79,8 @@ def _members(paths: list[Path], model: ModelRequest, reference: Path | None, run
     arts = [open_artifact(p, model) for p in paths]
     for art in arts:  # before the reference is built
         _classifier(art.model, art.path.name)
-        if art.runtime_note(runtime):
-            console.print(art.runtime_note(runtime), markup=False, highlight=False, soft_wrap=True)
+        if note := art.runtime_note(runtime):
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
     if reference is not None:
         ref_art = open_artifact(reference, model)
         ref = Member(f"reference:{ref_art.path.name}", ref_art.model, ref_art.runner(runtime), ref_art)

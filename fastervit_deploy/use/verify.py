@@ -19,8 +19,8 @@ def verify(path: Path, model: ModelRequest, tolerance: Tolerance, runtime: RunOp
     """The parity figures of ``path`` against the PyTorch model its record names (``passed`` says the verdict)."""
     art = open_artifact(path, model)
     desc, record = art.model, art.record
-    if art.runtime_note(runtime):
-        steps.note(art.runtime_note(runtime))
+    if note := art.runtime_note(runtime):
+        steps.note(note)
     tol = TOLERANCES[record.precision].override(tolerance)
     runner = art.runner(runtime)  # before the reference is built: a runtime this machine lacks is said at once
     with steps("building PyTorch reference"):
