@@ -12,6 +12,11 @@ TORCH_PIP ?= torch==2.13.0
 # complaining), and numpy 1.x for its Python-backend stub in $(VENV)/triton-stub
 # (fastervit_deploy/triton/local.py).
 PYTRITON_PIP ?= nvidia-pytriton==0.7.0
+# TensorRT for RTX (requirements-lock.txt pins tensorrt-rtx-cu12 and its -bindings/-libs wheels): it parses our graphs
+# and builds engines ahead of time on any machine, GPU or not. cu12 rather than cu13: an engine runs with the
+# libraries it was built against, and the CUDA 12 ones need any driver from R525 on, where cu13 needs R580 or later
+# (many RTX machines in the field run older drivers). TensorRT itself (tensorrt 10/11) is not installed: its PyPI
+# packages download the libraries from NVIDIA's own index at install time.
 STUB_NUMPY_PIP ?= numpy==1.26.4
 STAMP := $(VENV)/.installed
 

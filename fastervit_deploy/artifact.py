@@ -50,7 +50,7 @@ class Artifact(RecordedArtifact):
 
 def read_recorded(path: str | Path) -> RecordedArtifact:
     """An artifact file's record, checked against the file (its format says what the file embeds)."""
-    return read_artifact(path, format_for(path).identity)
+    return read_artifact(path, format_for(path).read_identity)
 
 
 def read_record(path: str | Path) -> ArtifactRecord:
@@ -63,7 +63,7 @@ def _graph_precision(path: Path, fmt: Format) -> Precision:
         return fmt.precisions[0]
     import onnx
 
-    from .graph.policy import lowered
+    from .graph.policy_checks import lowered
 
     model = onnx.load(str(path), load_external_data=False)
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
@@ -74,7 +74,7 @@ def _graph_precision(path: Path, fmt: Format) -> Precision:
 def _with_model_options(record: ArtifactRecord, path: Path, given: ModelRequest) -> ModelDescription:
     """The record's model, with the model options given checked against it."""
     ours = record.model
-    if set(given.changed()) <= {"checkpoint"} and not given.overrides:  # where the checkpoint is now
+    if set(given.given) <= {"checkpoint"} and not given.overrides:  # where the checkpoint is now
         if ours.checkpoint is None:
             raise FvdeployError(f"{path.name} was made from random weights (seed {ours.seed}), not a checkpoint: "
                                 "leave out --checkpoint")
@@ -86,9 +86,9 @@ def _with_model_options(record: ArtifactRecord, path: Path, given: ModelRequest)
                                 f"{digest[:12]}… vs recorded {ours.checkpoint.sha256[:12]}…)")
         moved = dataclasses.replace(ours.checkpoint, path=Path(given.checkpoint).resolve(), as_given=str(given.checkpoint))
         return ours.replace(checkpoint=moved)
-    if "seed" in given.changed() and ours.checkpoint is not None:
+    if "seed" in given.given and ours.checkpoint is not None:
         raise FvdeployError(f"--seed sets random weights: {path.name} was made from a checkpoint")
-    merged = dataclasses.replace(ours.request(), **{name: getattr(given, name) for name in given.changed()},
+    merged = dataclasses.replace(ours.request(), **{name: getattr(given, name) for name in given.given},
                                  overrides=given.overrides)
     desc = resolve_model(merged)
     if desc.input.shape != ours.input.shape:
@@ -97,8 +97,8 @@ def _with_model_options(record: ArtifactRecord, path: Path, given: ModelRequest)
     same_weights = (desc.checkpoint.sha256 if desc.checkpoint else desc.seed) == (
         ours.checkpoint.sha256 if ours.checkpoint else ours.seed)
     if desc.name != ours.name or desc.config != ours.config or not same_weights:
-        options = " ".join(f"{ModelRequest.flag(n)}" for n in given.changed())
-        raise FvdeployError(f"{options} contradict{'s' if len(given.changed()) == 1 else ''} {path.name}'s record "
+        options = given.given_flags()
+        raise FvdeployError(f"{' '.join(options)} contradict{'s' if len(options) == 1 else ''} {path.name}'s record "
                             f"({ours.name} {ours.resolution[0]}x{ours.resolution[1]}, {ours.weights}): leave the model "
                             "options out, the record names the model")
     return ours.replace(checkpoint=desc.checkpoint)
@@ -113,19 +113,19 @@ def open_artifact(path: str | Path, model: ModelRequest | None = ModelRequest())
     if not path.exists():
         raise FvdeployError(f"artifact not found: {path}")
     try:
-        recorded = read_artifact(path, fmt.identity)
+        recorded = read_artifact(path, fmt.read_identity)
     except NoRecord as err:
         if model is None:
             raise NoRecord(f"{err}: make it with fvdeploy (export-onnx, quantize, build-trt, coreml), which records "
                            "what it makes") from err
-        if not model.given:
+        if not model.any_given:
             raise NoRecord(f"{err}: pass --model and the options it was made with") from err
         desc = resolve_model(model)  # nothing recorded: take the model options' word for what the artifact is
         record = ArtifactRecord(fmt.key, _graph_precision(path, fmt), desc, UNKNOWN_BATCH_RANGE, (desc.input,),
                                 desc.outputs)
         return Artifact(path, sha256(path), record, fmt, desc)
     record = recorded.record
-    if model is not None and model.given:
+    if model is not None and model.any_given:
         desc = _with_model_options(record, path, model)
     else:
         desc = record.model.replace(checkpoint=checkpoint_for(record, path))

@@ -1,10 +1,11 @@
-"""The one table of artifact formats: key, files, precisions, the jobs that make it (and the converter
-that runs each), its runner, what this machine can do with it, and how Triton serves it.
+"""The one table of artifact formats: key, files, precisions, the commands that make it, its runner, what
+this machine can do with it, and how Triton serves it.
 
-It drives artifact detection, running a plan's stages, runner choice for verify/benchmark/predict/
-evaluate, `fvdeploy formats`, default file names and the suffix check of every output path, and
-Triton's platform and file names. Converters and runners are heavy (torch, onnxruntime, tensorrt,
-coremltools): the table reaches them through functions that import on call, so reading it costs nothing.
+It drives artifact detection, runner choice for verify/benchmark/predict/evaluate, `fvdeploy formats`, default file names and the suffix check of every output path, and
+Triton's platform and file names. Runners and identity readers are heavy (torch, onnxruntime, tensorrt,
+coremltools): the table names them as ``"module:attribute"`` strings, imported when first used
+(``system.lazy.load``), so reading it costs nothing. The converter of each plan stage is named in
+``plan.CONVERTERS``, beside the job classes.
 """
 
 from __future__ import annotations
@@ -15,73 +16,16 @@ from typing import TYPE_CHECKING, Callable
 
 from .core.options import CoreMLOptions, Provider, RunOptions
 from .core.precision import Precision, QuantTarget
-from .core.record import FormatKey, IdentityReader
-from .coreml.job import CoreMLJob
+from .core.record import FormatKey
 from .coreml.metadata import PACKAGE_MARKER
-from .onnx.job import ExportJob
-from .quantize.job import QuantizeJob
 from .system.errors import FvdeployError
-from .system.optional import coreml_predict_missing, coremltools_missing, onnxruntime_missing, tensorrt_missing
-from .tensorrt.job import BuildJob
+from .system.lazy import load
+from .system.optional import coreml_predict_missing, coremltools_missing, onnxruntime_missing
+from .tensorrt.runtimes import RuntimeKey, missing_to_build, missing_to_run
 
 if TYPE_CHECKING:
     from .core.record import ArtifactRecord
     from .core.runner import Runner
-    from .system.progress import Steps
-
-
-def _export_onnx(job: ExportJob, steps: Steps) -> ArtifactRecord:
-    from .onnx.export import export_onnx
-
-    return export_onnx(job, steps)
-
-
-def _quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
-    from .quantize.convert import quantize
-
-    return quantize(job, steps)
-
-
-def _build_engine(job: BuildJob, steps: Steps) -> ArtifactRecord:
-    from .tensorrt.build import build_engine
-
-    return build_engine(job, steps)
-
-
-def _export_coreml(job: CoreMLJob, steps: Steps) -> ArtifactRecord:
-    from .coreml.export import export_coreml
-
-    return export_coreml(job, steps)
-
-
-def _onnx_identity(path: Path) -> dict | None:
-    from .onnx.metadata import read_identity
-
-    return read_identity(path)
-
-
-def _coreml_identity(path: Path) -> dict | None:
-    from .coreml.metadata import read_identity
-
-    return read_identity(path)
-
-
-def _onnx_runner(path: Path, record: ArtifactRecord, opts: RunOptions) -> Runner:
-    from .onnx.runner import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(path, record, opts.provider, opts.threads, spinning=opts.spinning)
-
-
-def _tensorrt_runner(path: Path, record: ArtifactRecord, opts: RunOptions) -> Runner:
-    from .tensorrt.runner import TensorRTRunner
-
-    return TensorRTRunner(path, record)
-
-
-def _coreml_runner(path: Path, record: ArtifactRecord, opts: RunOptions) -> Runner:
-    from .coreml.runner import CoreMLRunner
-
-    return CoreMLRunner(path, record)
 
 
 @dataclass(frozen=True)
@@ -96,12 +40,11 @@ class Format:
     suffixes: tuple[str, ...]  # the first is the default
     description: str
     precisions: tuple[Precision, ...]
-    made_by: tuple[str, ...]  # the fvdeploy commands that make it
-    jobs: tuple[tuple[type, Callable[..., ArtifactRecord]], ...]  # (job type, converter: job, steps -> record)
-    runner: Callable[[Path, ArtifactRecord, RunOptions], Runner]
+    made_by: tuple[str, ...]  # the fvdeploy commands that make it (plan.CONVERTERS: which function does)
+    runner: str  # "module:Class.factory" (path, record, RunOptions) -> Runner, imported when a runner is opened
     missing_to_make: Callable[[], str | None]  # None when this machine can make it, else why not
     missing_to_run: Callable[[], str | None]
-    identity: IdentityReader = lambda _: None  # the record's identity the file embeds, if the format can carry one
+    identity: str | None = None  # "module:function" path -> the record's identity the file embeds, or None
     package: str | None = None  # for artifacts that are folders: the file that marks one
     triton: TritonServing | None = None
     runs_on_providers: bool = False  # onnxruntime's --provider applies
@@ -112,20 +55,28 @@ class Format:
     def open_runner(self, path: Path, record: ArtifactRecord, opts: RunOptions = RunOptions()) -> Runner:
         if opts.provider is not Provider.cpu and not self.runs_on_providers:
             raise FvdeployError(f"--provider chooses onnxruntime's execution provider: {path.name} is a {self.description}")
-        return self.runner(path, record, opts)
+        return load(self.runner)(path, record, opts)
+
+    def read_identity(self, path: Path) -> dict | None:
+        """The record's identity the file embeds (an IdentityReader), if the format carries one."""
+        return load(self.identity)(path) if self.identity else None
 
 
 FORMATS: dict[FormatKey, Format] = {f.key: f for f in (
-    Format(FormatKey.onnx, (".onnx",), "ONNX graph (onnxruntime)", tuple(Precision),
-           ("export-onnx", "quantize"), ((ExportJob, _export_onnx), (QuantizeJob, _quantize)), _onnx_runner,
-           lambda: None, onnxruntime_missing, _onnx_identity, triton=TritonServing("onnxruntime_onnx", "model.onnx"),
+    Format(FormatKey.onnx, (".onnx",), "ONNX graph (onnxruntime)", tuple(Precision), ("export-onnx", "quantize"),
+           "fastervit_deploy.onnx.runner:OnnxRuntimeRunner.open", lambda: None, onnxruntime_missing,
+           "fastervit_deploy.onnx.metadata:read_identity", triton=TritonServing("onnxruntime_onnx", "model.onnx"),
            runs_on_providers=True),
-    Format(FormatKey.tensorrt, (".plan", ".engine"), "TensorRT engine", tuple(Precision),
-           ("build-trt",), ((BuildJob, _build_engine),), _tensorrt_runner, tensorrt_missing, tensorrt_missing,
-           triton=TritonServing("tensorrt_plan", "model.plan")),
+    Format(FormatKey.tensorrt, (".plan", ".engine"), "TensorRT engine", tuple(Precision), ("build-trt",),
+           "fastervit_deploy.tensorrt.runner:TensorRTRunner.open", lambda: missing_to_build(RuntimeKey.tensorrt),
+           lambda: missing_to_run(RuntimeKey.tensorrt), triton=TritonServing("tensorrt_plan", "model.plan")),
+    # Runs only in TensorRT for RTX (not in TensorRT, not in Triton's TensorRT backend): its own suffix says so.
+    Format(FormatKey.tensorrt_rtx, (".rtx.engine",), "TensorRT for RTX engine", tuple(Precision),
+           ("build-trt --runtime tensorrt-rtx",), "fastervit_deploy.tensorrt.runner:TensorRTRunner.open",
+           lambda: missing_to_build(RuntimeKey.tensorrt_rtx), lambda: missing_to_run(RuntimeKey.tensorrt_rtx)),
     Format(FormatKey.coreml, (".mlpackage",), "Core ML ML Program", CoreMLOptions.declaration("precision").choices,
-           ("coreml",), ((CoreMLJob, _export_coreml),), _coreml_runner, coremltools_missing, coreml_predict_missing,
-           _coreml_identity, package=PACKAGE_MARKER),
+           ("coreml",), "fastervit_deploy.coreml.runner:CoreMLRunner.open", coremltools_missing,
+           coreml_predict_missing, "fastervit_deploy.coreml.metadata:read_identity", package=PACKAGE_MARKER),
 )}
 
 
@@ -145,18 +96,15 @@ def runtime_mismatch(path: Path, record: ArtifactRecord, opts: RunOptions) -> st
 
 def format_for(path: str | Path) -> Format:
     """The format of a file, by its suffix."""
-    suffix = Path(path).suffix.lower()
-    for fmt in FORMATS.values():
-        if suffix in fmt.suffixes:
-            return fmt
+    name = Path(path).name.lower()
+    matches = [(len(s), fmt) for fmt in FORMATS.values() for s in fmt.suffixes if name.endswith(s)]
+    if matches:
+        return max(matches, key=lambda m: m[0])[1]  # the longest suffix: x.rtx.engine is not a TensorRT engine
     known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
-    raise FvdeployError(f"unknown artifact type '{suffix or Path(path).name}' (known: {known})")
+    raise FvdeployError(f"unknown artifact type '{Path(path).suffix or Path(path).name}' (known: {known})")
 
 
-def run_job(job, steps: Steps) -> ArtifactRecord:
-    """Run one plan stage with the converter its format names."""
-    for fmt in FORMATS.values():
-        for kind, convert in fmt.jobs:
-            if isinstance(job, kind):
-                return convert(job, steps)
-    raise TypeError(f"no format converts a {type(job).__name__}")
+def stem(path: str | Path) -> str:
+    """The file name without its format's suffix (``m.rtx.engine`` → ``m``)."""
+    name, fmt = Path(path).name, format_for(path)
+    return name[:-len(next(s for s in sorted(fmt.suffixes, key=len, reverse=True) if name.lower().endswith(s)))]

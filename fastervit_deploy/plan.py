@@ -32,13 +32,16 @@ from .core.precision import Precision, QuantTarget, Tolerance
 from .artifact import read_recorded
 from .core.record import FormatKey, NoRecord, RecordedArtifact, files_read
 from .coreml.job import CoreMLJob
-from .formats import FORMATS, run_job
+from .formats import FORMATS, format_for, stem
 from .onnx.job import ExportJob
 from .quantize.job import QuantizeJob, refuse_backend
 from .system.errors import FvdeployError, MissingDependency
 from .system.files import check_output, check_writable, sha256
-from .system.optional import coremltools_missing, tensorrt_missing
-from .tensorrt.job import BuildJob
+from .system.lazy import load
+from .system.optional import coremltools_missing, cuda_missing
+from .tensorrt.job import BuildJob, engine_format
+from .tensorrt.profile import unsupported_precision
+from .tensorrt.runtimes import RUNTIMES, RuntimeKey, check_capabilities, missing_to_build
 
 if TYPE_CHECKING:
     from .core.record import ArtifactRecord
@@ -46,12 +49,26 @@ if TYPE_CHECKING:
 
 
 class Job(Protocol):
-    """A plan stage (onnx/job.py and its siblings); ``formats.run_job`` runs it."""
+    """A plan stage (onnx/job.py and its siblings); ``CONVERTERS`` names the function that runs it."""
 
     output: Path
     overwrite: bool
 
     def argv(self) -> tuple[str, ...]: ...
+
+
+# Each plan stage's converter, (job, steps) -> ArtifactRecord: heavy modules, imported when the stage runs.
+CONVERTERS: dict[type, str] = {
+    ExportJob: "fastervit_deploy.onnx.export:export_onnx",
+    QuantizeJob: "fastervit_deploy.quantize.convert:quantize",
+    BuildJob: "fastervit_deploy.tensorrt.build:build_engine",
+    CoreMLJob: "fastervit_deploy.coreml.export:export_coreml",
+}
+
+
+def run_job(job: Job, steps: Steps) -> ArtifactRecord:
+    """Run one plan stage with its converter."""
+    return load(CONVERTERS[type(job)])(job, steps)
 
 
 def command_line(argv: tuple[str, ...]) -> str:
@@ -81,8 +98,13 @@ class Plan:
 
 def _output(output: OutputTarget, key: FormatKey, default: str | Path | None = None, inputs: Sequence[Path] = ()) -> Path:
     """The output path, checked (once): the one given, else ``default``."""
-    return check_output(output.or_default(default), output.overwrite, FORMATS[key].suffixes, FORMATS[key].package,
+    path = check_output(output.or_default(default), output.overwrite, FORMATS[key].suffixes, FORMATS[key].package,
                         inputs)
+    named = format_for(path)
+    if named.key is not key:  # x.rtx.engine ends in .engine too: its name would say another runtime
+        raise FvdeployError(f"{path.name} is named as a {named.description}: this makes a {FORMATS[key].description} "
+                            f"(name it *{FORMATS[key].suffixes[0]})")
+    return path
 
 
 def _check_given(output: OutputTarget, key: FormatKey, inputs: Sequence[Path] = ()) -> None:
@@ -142,8 +164,8 @@ def _check_calibration(precision: Precision, calibration: CalibrationOptions) ->
 
 
 def _check_accuracy(precision: Precision, accuracy: AccuracyTarget) -> None:
-    if not precision.quantized and accuracy.changed():
-        flags = " ".join(AccuracyTarget.flag(n) for n in accuracy.changed())
+    if not precision.quantized and accuracy.given:
+        flags = " ".join(accuracy.given_flags())
         raise FvdeployError(f"{flags}: an accuracy target is for calibrated precisions (--int8), not --{precision}")
     if accuracy.data is not None and not Path(accuracy.data).is_dir():
         raise FvdeployError(f"--data folder not found: {accuracy.data}")
@@ -161,7 +183,7 @@ def plan_quantize(source: Path, precision: Precision, output: OutputTarget,
 
         # a combination no scheme (or no writer) makes is refused before any file is read
         refuse_backend(scheme_for(precision, target.target), calibration.backend)
-    if target.target is QuantTarget.onnxruntime_cpu and "keep_fp32" in target.changed():
+    if target.target is QuantTarget.onnxruntime_cpu and "keep_fp32" in target.given:
         raise FvdeployError("--keep-fp32 chooses ops of an FP16 float part; --target onnxruntime-cpu keeps every "
                             "op that is not INT8 in FP32 already")
     recorded = read_onnx(source)
@@ -208,10 +230,20 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
                    onnx_options: OnnxOptions = OnnxOptions(), images: ImagesOption = ImagesOption()) -> Plan:
     if (onnx is None) == (model.model is None):
         raise FvdeployError("give exactly one of --onnx and --model")
+    runtime = RUNTIMES[builder.runtime]
+    check_capabilities(runtime, builder.compute_capability)
+    key = engine_format(builder)
     inputs = files_read(onnx, model.checkpoint, calibration.calib_cache)
-    _check_given(output, FormatKey.tensorrt, inputs)
+    _check_given(output, key, inputs)
     if builder.timing_cache is not None:
+        if not runtime.timing_cache:
+            raise FvdeployError(f"{runtime.title} keeps no timing cache (it compiles its kernels on the target GPU, "
+                                "into its own runtime cache there): leave out --timing-cache")
         check_writable(Path(builder.timing_cache), "--timing-cache")  # rewritten after the build
+    if runtime.ahead_of_time and not builder.compute_capability and cuda_missing():
+        raise FvdeployError(f"--runtime {runtime.key} builds ahead of time for the GPUs it is told: no GPU is visible "
+                            "here, so give --compute-capability (8.9: Ada, e.g. RTX 40xx; 12.0: Blackwell, RTX 50xx; "
+                            "comma-separated for several)")
     intermediate: list[Job] = []
     recorded = None
     if onnx is not None:
@@ -225,9 +257,9 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
         if have is not Precision.fp32 and want is not have:
             raise FvdeployError(f"{source.name} is already {have}; start from the FP32 ONNX for {want}")
         low, high = record.batch_range
-        given = profile.changed()  # a bound left out is the ONNX's own: the engine serves what the export does
-        profile = dataclasses.replace(profile, min_batch=profile.min_batch if "min_batch" in given else low,
-                                      max_batch=profile.max_batch if "max_batch" in given else high)
+        given = profile.given  # a bound left out is the ONNX's own: the engine serves what the export does
+        profile = profile.replace(min_batch=profile.min_batch if "min_batch" in given else low,
+                                  max_batch=profile.max_batch if "max_batch" in given else high)
         if not low <= profile.min_batch <= profile.max_batch <= high:
             raise FvdeployError(f"profile {profile.min_batch}..{profile.max_batch} is outside {source.name}'s batch "
                                 f"range {low}..{high} (re-export it with --min-batch/--max-batch)")
@@ -236,18 +268,24 @@ def plan_build_trt(onnx: Path | None, model: ModelRequest, precision: Precision 
     else:
         desc, have, want = resolve_model(model), Precision.fp32, Precision(precision or Precision.fp32)
         onnx_format = FORMATS[FormatKey.onnx]
-        source = output.output.with_suffix(onnx_format.suffixes[0]) if output.output else Path(onnx_format.file_name(desc.stem))
+        source = (output.output.with_name(onnx_format.file_name(stem(output.output))) if output.output
+                  else Path(onnx_format.file_name(desc.stem)))
         intermediate.append(ExportJob(desc, source, onnx_options, profile.untuned(), images, output.overwrite))
+    for capability in builder.compute_capability:  # before any export, quantization or build
+        refused = unsupported_precision(want, capability)
+        if refused:
+            raise FvdeployError(f"--compute-capability {capability}: {refused}")
     if want is not have:
         _check_calibration(want, calibration)
         quantized = source.with_name(f"{source.stem}_{want}.onnx")
         intermediate.append(QuantizeJob(source, want, quantized, calibration, Tolerance(), TargetOptions(), images,
                                         AccuracyTarget(), output.overwrite, recorded))
         source, recorded = quantized, None
-    engine_path = output.output or FORMATS[FormatKey.tensorrt].file_name(str(source.with_suffix("")))
+    targets = "".join(f"_sm{c.replace('.', '')}" for c in builder.compute_capability)  # in the name: what it runs on
+    engine_path = output.output or FORMATS[key].file_name(str(source.with_suffix("")) + targets)
     engine = BuildJob(source, desc, profile, Path(engine_path), builder, output.overwrite, recorded)
     if output.output is None:
-        _output(output, FormatKey.tensorrt, engine.output, inputs)
+        _output(output, key, engine.output, inputs)
     stages, reused, upstream = [], [], True
     for job in intermediate:
         upstream = _reusable(job, upstream)
@@ -270,13 +308,22 @@ def tensorrt_hint(plan: Plan) -> str:
     return f"; {ready}, and build where TensorRT runs with: {engine.trtexec()}"
 
 
-def require_tensorrt(plan: Plan) -> None:
-    missing = tensorrt_missing()
+def require_runtime(plan: Plan, rtx_command: str) -> None:
+    """The engine's runtime can build here, or one line (exit 3) that says what to run instead: for TensorRT, the
+    commands that prepare the ONNX here, the trtexec line for a GPU machine, and ``rtx_command``, which builds a
+    TensorRT for RTX engine on this machine (never chosen silently: its engines run only in TensorRT for RTX)."""
+    engine = plan.stages[-1]
+    runtime = RUNTIMES[engine.builder.runtime]
+    missing = missing_to_build(runtime.key)
     if missing is None:
         return
-    what = ("TensorRT is not installed (Python package `tensorrt`, 10.x or 11.x, on a CUDA machine)"
-            if "not installed" in missing else "no CUDA GPU is visible to PyTorch")
-    raise MissingDependency(what + tensorrt_hint(plan))
+    if runtime.ahead_of_time:
+        raise MissingDependency(missing)
+    what = (f"TensorRT is not installed ({runtime.pip})" if not runtime.installed()
+            else "no CUDA GPU is visible to PyTorch")
+    alternative = (f"; or build a TensorRT for RTX engine here (it runs only in TensorRT for RTX, on RTX GPUs): "
+                   f"{rtx_command}" if missing_to_build(RuntimeKey.tensorrt_rtx) is None else "")
+    raise MissingDependency(what + tensorrt_hint(plan) + alternative)
 
 
 def plan_coreml(model: ModelRequest, output: OutputTarget, options: CoreMLOptions = CoreMLOptions()) -> Plan:

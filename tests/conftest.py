@@ -1,38 +1,23 @@
+"""Every fixture of the suite; helpers and constants are in helpers.py."""
+
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FVDEPLOY_SHARED", ROOT.parent / "shared"))
-GOLDEN = SHARED / "golden"
-KEYS = SHARED / "fastervit-spec" / "keys"
+from fastervit_deploy.core.model_spec import resolve_model
+from fastervit_deploy.core.options import BatchProfile, ModelRequest, OnnxOptions, OutputTarget
+from fastervit_deploy.data.datasets import digits_split, to_batch, write_folder
+from fastervit_deploy.data.images import skimage_photos
+from fastervit_deploy.plan import plan_export
 
-# Small FasterViT-architecture configs: every code path of the big ones at a fraction of the cost.
-TINY = dict(dim=32, in_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2, num_classes=10)
+from .helpers import (BACKENDS, DIGITS_CKPT, GOLDEN, NAMES, SHARED, cli, export_tiny, quantize, quiet_steps, shared,
+                      tiny_checkpoint)
 
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
-
-
-def golden_cases() -> list[str]:
-    if not GOLDEN.is_dir():
-        return []
-    return sorted(p.name for p in GOLDEN.iterdir() if (p / "config.json").is_file())
-
-
-def load_golden(case: str):
-    meta = json.loads((GOLDEN / case / "config.json").read_text())
-    io = torch.load(GOLDEN / case / "io.pt", weights_only=True)
-    return meta, io
-
-
-def require_shared():
-    if not GOLDEN.is_dir():
-        pytest.skip(f"shared golden tensors not found at {GOLDEN}")
 
 
 @pytest.fixture(scope="session")
@@ -40,17 +25,6 @@ def shared_dir(tmp_path_factory, worker_id) -> Path:
     """A folder every xdist worker of this run sees (the workers' own temp folders sit inside it)."""
     base = tmp_path_factory.getbasetemp()
     return base if worker_id == "master" else base.parent
-
-
-def shared(shared_dir: Path, name: str, make) -> Path:
-    """``shared_dir/name``, made once per test run by whichever worker gets there first."""
-    from filelock import FileLock
-
-    path = shared_dir / name
-    with FileLock(str(shared_dir / f"{name}.lock")):
-        if not path.exists():
-            make(path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -102,9 +76,6 @@ def pytest_configure(config):
         raise pytest.UsageError(f"CI needs the shared reference data at {SHARED} (golden tensors, key lists)")
 
 
-DIGITS_CKPT = ROOT / "fastervit_deploy" / "data" / "digits_fastervit.pth.tar"
-
-
 @pytest.fixture(scope="session")
 def digits_folder(shared_dir) -> Path:
     """scikit-learn's 360 held-out digits as an ImageFolder (class folders 0..9), made once per run."""
@@ -129,7 +100,6 @@ def digits_artifacts(shared_dir) -> dict[str, Path]:
         from fastervit_deploy.core.options import CalibrationOptions, ModelRequest, OnnxOptions, OutputTarget, QuantBackend
         from fastervit_deploy.data.datasets import digits_split, write_folder
         from fastervit_deploy.plan import plan_export, plan_quantize
-        from tests.helpers import quiet_steps
 
         path.mkdir()
         fp32 = path / "digits.onnx"
@@ -154,7 +124,6 @@ def fastervit0(shared_dir):
         from fastervit_deploy.core.options import ModelRequest, OnnxOptions, OutputTarget
         from fastervit_deploy.data.images import skimage_photos
         from fastervit_deploy.plan import plan_export
-        from tests.helpers import quiet_steps
 
         plan_export(ModelRequest("faster_vit_0_224"), OutputTarget(path / "fv0.onnx"), OnnxOptions(no_verify=True)).run(quiet_steps())
         calib = path / "calib"
@@ -167,3 +136,108 @@ def fastervit0(shared_dir):
 
     root = shared(shared_dir, "fastervit0", export)
     return root / "fv0.onnx", root / "calib", root / "fv0.cache"
+
+
+# Module fixtures of single test files (each made once per module that asks for it).
+
+
+@pytest.fixture(scope="module")
+def named_package(tmp_path_factory):
+    """One tiny package with its own class names, read back by the tests below (each asks its own question)."""
+    root = tmp_path_factory.mktemp("named")
+    (root / "names.txt").write_text("\n".join(NAMES))
+    ckpt = tiny_checkpoint(root / "tiny.pth.tar")
+    out = root / "named.mlpackage"
+    result = cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--labels", root / "names.txt",
+                 "-o", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    """A tiny FasterViT exported to ONNX (not verified: the tests only need a valid artifact)."""
+    root = tmp_path_factory.mktemp("messages")
+    path, _ = export_tiny(root, filename="m.onnx", verify=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_and_photo(tmp_path_factory):
+    """A tiny FasterViT as ONNX beside one real photo (inputs the output-path tests protect)."""
+    root = tmp_path_factory.mktemp("outputs")
+    path, _ = export_tiny(root, filename="m.onnx", verify=False)
+    photo = root / "photo.png"
+    skimage_photos()[1].save(photo)
+    return path, photo
+
+
+@pytest.fixture(scope="module")
+def digits_targets(digits_artifacts, tmp_path_factory):
+    """The digits model for onnxruntime's CPU and as FP8, calibrated on the same 256 training digits."""
+    root = tmp_path_factory.mktemp("targets")
+    fp32, calib = digits_artifacts["fp32"], digits_artifacts["calib"]
+    made = {}
+    for name, args in (("cpu", ["--int8", "--target", "onnxruntime-cpu"]), ("fp8", ["--fp8"]),
+                       ("fp8_entropy", ["--fp8", "--method", "entropy"])):
+        made[name] = root / f"digits_{name}.onnx"
+        result = cli("quantize", fp32, *args, "--calib-dir", calib, "-o", made[name])
+        assert result.exit_code == 0, result.output
+    return made
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The committed digits model exported to ONNX, a calibration folder (train split), the test split."""
+    root = tmp_path_factory.mktemp("digits")
+    request = ModelRequest("faster_vit_0_224", checkpoint=DIGITS_CKPT)
+    fp32 = root / "digits.onnx"
+    plan_export(request, OutputTarget(fp32), OnnxOptions(no_verify=True)).run(quiet_steps())
+    train, _, test, y_test = digits_split()
+    calib = write_folder(train[:512], root / "calib")
+    desc = resolve_model(request)
+    return {"root": root, "fp32": fp32, "calib": calib, "x": to_batch(test, desc.resolution, desc.preprocessing),
+            "y": y_test}
+
+
+@pytest.fixture(scope="module")
+def int8_graphs(digits):
+    """Each backend's INT8 graph of the digits model: the first calibrates and writes a cache, the next reads it."""
+    cache = digits["root"] / "scales.cache"
+    graphs = {}
+    for backend in BACKENDS:
+        out = digits["root"] / f"int8_{backend}.onnx"
+        graphs[backend] = (out, quantize(digits["fp32"], out, "int8", calib_dir=digits["calib"], backend=backend, calib_cache=cache))
+    return graphs, cache
+
+
+@pytest.fixture(scope="module")
+def triton_artifacts(tmp_path_factory):
+    """A tiny classifier (batch 1..16) and a tiny backbone (two feature maps) as ONNX, for the repository tests."""
+    root = tmp_path_factory.mktemp("triton")
+    classifier, _ = export_tiny(root, filename="cls.onnx", batch=BatchProfile(max_batch=16))
+    backbone, _ = export_tiny(root, "faster_vit_0_any_res", filename="feat.onnx", resolution=(160, 288),
+                              out_indices=(1, 3))
+    return root, classifier, backbone
+
+
+@pytest.fixture(scope="session")
+def fastervit0_graphs(fastervit0, shared_dir) -> dict[str, Path]:
+    """FasterViT-0 (checkpoint-like weights) as FP32, FP16, INT8 (onnxruntime's writer: the faster one) and FP8
+    graphs, calibrated on the photos (their logits are flat: top-1 agreement is not asked of them)."""
+    fp32, calib, _ = fastervit0
+
+    def make(path: Path) -> None:
+        from fastervit_deploy.core.options import CalibrationOptions, QuantBackend
+        from fastervit_deploy.core.precision import Tolerance
+        from fastervit_deploy.plan import plan_quantize
+
+        path.mkdir()
+        for precision, calibration in (("fp16", CalibrationOptions()),
+                                       ("int8", CalibrationOptions(calib_dir=calib, backend=QuantBackend.onnxruntime)),
+                                       ("fp8", CalibrationOptions(calib_dir=calib))):
+            plan_quantize(fp32, precision, OutputTarget(path / f"fv0_{precision}.onnx"), calibration,
+                          Tolerance(min_top1=0.0)).run(quiet_steps())
+
+    root = shared(shared_dir, "fastervit0_graphs", make)
+    return {"fp32": fp32, **{p: root / f"fv0_{p}.onnx" for p in ("fp16", "int8", "fp8")}}

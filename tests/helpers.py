@@ -1,8 +1,10 @@
-"""Shared test helpers: CLI invocation, tiny models, small exports, independent parity."""
+"""Shared test helpers: where the reference data is, CLI invocation, tiny models, small exports, independent parity,
+subprocess control. Fixtures live in conftest.py; tests import helpers from here only."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -13,21 +15,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
 from fastervit import save_checkpoint
 from fastervit_deploy.cli import run
 from fastervit_deploy.core.model_spec import resolve_model
-from fastervit_deploy.core.options import BatchProfile, ModelRequest, OnnxOptions, OutputTarget
-from fastervit_deploy.plan import plan_export
+from fastervit_deploy.core.options import BatchProfile, CalibrationOptions, ModelRequest, OnnxOptions, OutputTarget
+from fastervit_deploy.core.precision import Tolerance
+from fastervit_deploy.plan import plan_export, plan_quantize
+from fastervit_deploy.quantize.convert import modelopt_available
 from fastervit_deploy.system.progress import Steps
 from fastervit_deploy.core.record import ArtifactRecord
 from fastervit_deploy.onnx.metadata import embedded_record
 from fastervit_deploy.core.reference import TorchRunner
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
-from .conftest import TINY
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FVDEPLOY_SHARED", ROOT.parent / "shared"))
+GOLDEN = SHARED / "golden"
+KEYS = SHARED / "fastervit-spec" / "keys"
+DIGITS_CKPT = ROOT / "fastervit_deploy" / "data" / "digits_fastervit.pth.tar"
+
+NAMES = [f"kind-{i}" for i in range(10)]  # the class names of the named Core ML package
+
+# Small FasterViT-architecture configs: every code path of the big ones at a fraction of the cost.
+TINY = dict(dim=32, in_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], mlp_ratio=2, num_classes=10)
 
 
 def quiet_steps() -> Steps:
@@ -149,3 +164,39 @@ def interrupt(proc: subprocess.Popen, sig: int, to_group: bool) -> tuple[int, fl
         time.sleep(0.1)
     assert not group_alive(proc.pid), "a worker process outlived fvdeploy"
     return proc.returncode, took, rest
+
+
+def golden_cases() -> list[str]:
+    if not GOLDEN.is_dir():
+        return []
+    return sorted(p.name for p in GOLDEN.iterdir() if (p / "config.json").is_file())
+
+
+def load_golden(case: str):
+    meta = json.loads((GOLDEN / case / "config.json").read_text())
+    io = torch.load(GOLDEN / case / "io.pt", weights_only=True)
+    return meta, io
+
+
+def require_shared():
+    if not GOLDEN.is_dir():
+        pytest.skip(f"shared golden tensors not found at {GOLDEN}")
+
+
+def shared(shared_dir: Path, name: str, make) -> Path:
+    """``shared_dir/name``, made once per test run by whichever worker gets there first."""
+    from filelock import FileLock
+
+    path = shared_dir / name
+    with FileLock(str(shared_dir / f"{name}.lock")):
+        if not path.exists():
+            make(path)
+    return path
+
+
+BACKENDS = ["onnxruntime"] + (["modelopt"] if modelopt_available() else [])  # INT8 writers installed here
+
+
+def quantize(source, output, precision, tolerance=Tolerance(), **calibration):
+    plan = plan_quantize(source, precision, OutputTarget(output), CalibrationOptions(**calibration), tolerance)
+    return plan.run(quiet_steps())

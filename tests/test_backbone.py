@@ -13,7 +13,7 @@ from fastervit_deploy.graph.inspect import inspect_path
 from fastervit_deploy.artifact import read_record
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
-from .conftest import GOLDEN, TINY, golden_cases, load_golden
+from .helpers import GOLDEN, TINY, golden_cases, load_golden
 from .helpers import assert_one_line_error, cli, independent_parity, tiny_checkpoint
 
 CASES = golden_cases()

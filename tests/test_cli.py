@@ -25,7 +25,8 @@ def test_formats_table_says_what_runs_here():
     import platform
 
     rows = {r["format"]: r for r in json.loads(cli("formats", "--json").stdout)}
-    assert set(rows) == {"onnx", "tensorrt", "coreml"}
+    assert set(rows) == {"onnx", "tensorrt", "tensorrt-rtx", "coreml"}
+    assert rows["tensorrt-rtx"]["files"] == [".rtx.engine"] and rows["tensorrt-rtx"]["convert_here"] == "yes"
     assert rows["onnx"]["run_here"] == "yes" and rows["coreml"]["convert_here"] == "yes"
     assert (rows["coreml"]["run_here"] == "yes") == (platform.system() == "Darwin")
     assert rows["tensorrt"]["files"] == [".plan", ".engine"]

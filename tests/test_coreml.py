@@ -16,7 +16,7 @@ from fastervit_deploy.core.options import CoreMLOptions, DeploymentTarget, Outpu
 from fastervit_deploy.plan import plan_coreml
 from fastervit_deploy.artifact import read_record
 
-from .helpers import assert_one_line_error, cli, quiet_steps, tiny_checkpoint, tiny_request
+from .helpers import NAMES, assert_one_line_error, cli, quiet_steps, tiny_checkpoint, tiny_request
 
 ct = pytest.importorskip("coremltools")
 
@@ -112,20 +112,21 @@ def test_predictions_match_pytorch_on_macos(tmp_path):
     assert np.isfinite(record.parity["overall"]["cosine_min"])
 
 
-NAMES = [f"kind-{i}" for i in range(10)]
 
 
-@pytest.fixture(scope="module")
-def named_package(tmp_path_factory):
-    """One tiny package with its own class names, read back by the tests below (each asks its own question)."""
-    root = tmp_path_factory.mktemp("named")
-    (root / "names.txt").write_text("\n".join(NAMES))
-    ckpt = tiny_checkpoint(root / "tiny.pth.tar")
-    out = root / "named.mlpackage"
-    result = cli("coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "--labels", root / "names.txt",
-                 "-o", out)
-    assert result.exit_code == 0, result.output
-    return out
+def test_ctrl_c_during_conversion_leaves_no_temporary_folder(tmp_path):
+    from .helpers import interrupt, leftovers, spawn, wait_for_line
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = spawn(["coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", tmp_path / "m.mlpackage"],
+                 tmp_path, tmpdir)
+    wait_for_line(proc, "✓ torch.export")  # converting now: coremltools' own temporary package is being made
+    returncode, took, rest = interrupt(proc, signal.SIGINT, to_group=True)
+    assert returncode == 130 and took < 5, (returncode, took, rest)
+    assert "Traceback" not in rest and leftovers(tmpdir) == []
+    assert not (tmp_path / "m.mlpackage").exists()
 
 
 @pytest.mark.xdist_group("coreml-named")
@@ -150,21 +151,6 @@ def test_the_package_holds_what_its_manifest_lists_and_nothing_else(named_packag
     assert unlisted == [] and any(f.endswith("model.mlmodel") for f in files)
     assert not (out / "executorch_debug_handle_mapping.json").exists()
     ct.models.MLModel(str(out), skip_model_load=True).get_spec()  # still a package coremltools reads
-
-
-def test_ctrl_c_during_conversion_leaves_no_temporary_folder(tmp_path):
-    from .helpers import interrupt, leftovers, spawn, wait_for_line
-
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pth.tar")
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
-    proc = spawn(["coreml", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", tmp_path / "m.mlpackage"],
-                 tmp_path, tmpdir)
-    wait_for_line(proc, "✓ torch.export")  # converting now: coremltools' own temporary package is being made
-    returncode, took, rest = interrupt(proc, signal.SIGINT, to_group=True)
-    assert returncode == 130 and took < 5, (returncode, took, rest)
-    assert "Traceback" not in rest and leftovers(tmpdir) == []
-    assert not (tmp_path / "m.mlpackage").exists()
 
 
 @pytest.mark.xdist_group("coreml-named")

@@ -23,7 +23,7 @@ from fastervit_deploy.core.record import sidecar_path
 from fastervit_deploy.onnx.metadata import embedded_record
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
-from .conftest import ROOT
+from .helpers import ROOT
 from .helpers import assert_one_line_error, cli, export_tiny, quiet_steps, tiny_checkpoint
 
 PACKAGES = ("fastervit", "fastervit_deploy")
@@ -36,19 +36,24 @@ def module_imports() -> dict[str, set[str]]:
         for path in (ROOT / package).rglob("*.py"):
             name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
             base = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-            targets = set()
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom):
-                    if node.level:
-                        root = ".".join(base.split(".")[: len(base.split(".")) - node.level + 1])
-                        mod = f"{root}.{node.module}" if node.module else root
-                        targets |= {mod} | {f"{mod}.{a.name}" for a in node.names}
-                    elif node.module and node.module.split(".")[0] in PACKAGES:
-                        targets |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-                elif isinstance(node, ast.Import):
-                    targets |= {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
-            graph[name] = targets
-    return {m: {t for t in ts if t in graph and t != m} for m, ts in graph.items()}
+            graph[name] = [(base, node) for node in ast.walk(ast.parse(path.read_text()))
+                           if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+    def imported(base: str, node) -> set[str]:
+        """``from pkg import sub`` imports the submodule; ``from pkg import name`` runs the package's __init__."""
+        if isinstance(node, ast.Import):
+            return {a.name for a in node.names if a.name.split(".")[0] in PACKAGES}
+        if node.level:
+            root = ".".join(base.split(".")[: len(base.split(".")) - node.level + 1])
+            mod = f"{root}.{node.module}" if node.module else root
+        elif node.module and node.module.split(".")[0] in PACKAGES:
+            mod = node.module
+        else:
+            return set()
+        return {f"{mod}.{a.name}" if f"{mod}.{a.name}" in graph else mod for a in node.names}
+
+    edges = {m: set().union(*(imported(b, n) for b, n in nodes)) if nodes else set() for m, nodes in graph.items()}
+    return {m: {t for t in ts if t in graph and t != m} for m, ts in edges.items()}
 
 
 def test_no_module_imports_one_that_imports_it_back():
@@ -63,11 +68,8 @@ def test_no_module_imports_one_that_imports_it_back():
             elif len(path) < 12:
                 visit(nxt, path + [nxt])
 
-    for module in graph:
-        if not module.endswith("__init__") and module not in PACKAGES:
-            visit(module, [module])
-    packages = set(PACKAGES) | {"fastervit_deploy.cli"}
-    cycles = [c for c in cycles if not set(c) & packages]  # a package's __init__ re-exporting its modules
+    for module in graph:  # packages' __init__ modules included: `from .. import x` runs them
+        visit(module, [module])
     assert not cycles, cycles[:3]
 
 
@@ -229,21 +231,25 @@ def test_plan_reuses_nothing_it_did_not_make(tmp_path):
     assert graph.producer_name == "fvdeploy" and bytes_before == out.read_bytes()
 
 
-# Lowest first: a module may import its own layer's modules and lower layers' only.
-LAYERS = (("system",), ("core",), ("data",), ("graph",), ("onnx", "quantize", "tensorrt", "coreml"), ("formats",),
+# Lowest first: a module may import its own layer's modules and lower layers' only. Packages' __init__ modules are
+# placed like their modules; the root package (its public API, `fastervit_deploy.preprocess`) sits on top.
+LAYERS = (("system", "version"), ("core",), ("data",), ("graph",), ("onnx", "quantize", "tensorrt", "coreml"), ("formats",),
           ("artifact",), ("use", "triton"), ("plan",), ("cli", "__main__"))
 
 
 def _layer(module: str) -> int | None:
     parts = module.split(".")
-    if parts[0] != "fastervit_deploy" or len(parts) < 2:
+    if parts[0] != "fastervit_deploy":
         return None
-    return next(i for i, names in enumerate(LAYERS) if parts[1] in names)
+    if len(parts) == 1:
+        return len(LAYERS)
+    return next((i for i, names in enumerate(LAYERS) if parts[1] in names), None)
 
 
 def test_every_import_points_down_the_layers():
     graph = module_imports()
-    placed = {m for m in graph if m.startswith("fastervit_deploy.")}
+    placed = {m for m in graph if m.split(".")[0] == "fastervit_deploy"}
+    assert {"fastervit_deploy", "fastervit_deploy.cli", "fastervit_deploy.core"} <= placed  # __init__ modules too
     assert all(_layer(m) is not None for m in placed), sorted(m for m in placed if _layer(m) is None)
     upward = sorted(f"{m} -> {t}" for m, targets in graph.items() if m in placed for t in targets
                     if t in placed and _layer(t) > _layer(m))
@@ -253,8 +259,8 @@ def test_every_import_points_down_the_layers():
 def _groups_samples():
     from fastervit_deploy.core.options import (
         AccuracyTarget, BatchProfile, BuilderOptions, CalibrationMethod, CalibrationOptions, ComputeUnits, CoreMLOptions,
-        DeploymentTarget, Fallback, ImagesOption, InstanceKind, TargetOptions, OnnxOptions, OnnxSource, PrecisionFlags,
-        QuantBackend, Simplifier, TritonBackend, TritonOptions, TunedBatchProfile)
+        DeploymentTarget, Fallback, ImagesOption, InstanceKind, LabelledData, TargetOptions, OnnxOptions, OnnxSource, PrecisionFlags,
+        QuantBackend, Simplifier, TensorRTRuntime, TritonBackend, TritonOptions, TunedBatchProfile)
     from fastervit_deploy.core.precision import Precision, QuantTarget, Tolerance
 
     # Every reproduced field of each group away from its default (PrecisionFlags: one flag at a time).
@@ -268,8 +274,8 @@ def _groups_samples():
         PrecisionFlags(fp8=True),
         CalibrationOptions(Path("calib"), 64, CalibrationMethod.max, Path("s.cache"), QuantBackend.onnxruntime,
                            ("/levels.3/*", "/head*")),
-        BuilderOptions(Path("t.cache"), 2.5, 4, True),
-        AccuracyTarget(Fallback.auto, Path("val"), Path("val.txt"), 64, 0.5, 3),
+        BuilderOptions(TensorRTRuntime.tensorrt_rtx, ("8.9", "12.0"), Path("t.cache"), 2.5, 4, True),
+        AccuracyTarget(Path("val"), Path("val.txt"), 64, Fallback.auto, 0.5, 3), LabelledData(Path("val"), Path("v.txt"), 9),
         CoreMLOptions(Precision.fp32, 4, ComputeUnits.cpu_only, DeploymentTarget.iOS18, True, ((224, 224), (160, 288))),
         RunOptions(Provider.cuda, 3), ImagesOption(Path("imgs")), OnnxSource(Path("m.onnx")),
         TritonOptions(Path("repo"), ("a", "b"), 2, 3, 50, (2, 8), TritonBackend.python, InstanceKind.cpu, True, True, True),
@@ -283,7 +289,7 @@ def test_every_option_group_round_trips_through_the_command_line(sample):
     import typer
     from typer.testing import CliRunner
 
-    from fastervit_deploy.cli.groups import with_groups
+    from fastervit_deploy.cli.groups import command as typer_command
 
     kind = type(sample)
     reproduced = {f.name for f, opt, _ in kind.declared() if opt.reproduce}
@@ -296,11 +302,53 @@ def test_every_option_group_round_trips_through_the_command_line(sample):
 
     command.__annotations__ = {"group": kind, "return": None}
     app = typer.Typer()
-    app.command()(with_groups(command))
+    app.command()(typer_command(command))
     app.command("other")(lambda: None)  # two commands: the first is addressed by name
     result = CliRunner().invoke(app, ["command", *sample.argv()])
     assert result.exit_code == 0, result.output
     assert seen == [sample]
+    assert seen[0].given == sample.given  # what the command line named is what the group says was given
+
+
+def test_a_default_given_on_the_command_line_is_given_and_reproduced():
+    """`--method entropy` names the default: it is still given (FP8's own default is max), and kept in the argv."""
+    import typer
+    from typer.testing import CliRunner
+
+    from fastervit_deploy.cli.groups import command as typer_command
+    from fastervit_deploy.core.options import CalibrationOptions
+
+    seen = []
+
+    def command(calibration: CalibrationOptions) -> None:
+        seen.append(calibration)
+
+    command.__annotations__ = {"calibration": CalibrationOptions, "return": None}
+    app = typer.Typer()
+    app.command()(typer_command(command))
+    app.command("other")(lambda: None)
+    for argv, given in ((["--method", "entropy"], {"method"}), ([], set()), (["--calib-images", "512"], {"calib_images"})):
+        seen.clear()
+        result = CliRunner().invoke(app, ["command", *argv])
+        assert result.exit_code == 0, result.output
+        assert seen[0] == CalibrationOptions() and seen[0].given == given  # the default values, told apart by given
+        assert seen[0].argv() == argv
+
+
+@pytest.mark.parametrize("group,values,message", [
+    ("BuilderOptions", dict(opt_level=6), "--opt-level must be 0..5, got 6"),
+    ("CalibrationOptions", dict(calib_images=0), "--calib-images must be at least 1, got 0"),
+    ("CoreMLOptions", dict(max_batch=0), "--max-batch must be at least 1, got 0"),
+    ("Tolerance", dict(min_cosine=1.5), "--min-cosine must be -1..1, got 1.5"),
+    ("LabelledData", dict(limit=0), "--limit must be at least 1, got 0"),
+])
+def test_declared_bounds_are_enforced_by_the_group_itself(group, values, message):
+    """The Python API meets the same bounds as the command line (one declaration, one check)."""
+    from fastervit_deploy.core import options, precision
+
+    kind = getattr(options, group, None) or getattr(precision, group)
+    with pytest.raises(FvdeployError, match=message.replace(".", r"\.")):
+        kind(**values)
 
 
 def test_unexpected_errors_are_internal_errors_and_debug_keeps_their_causes(monkeypatch):

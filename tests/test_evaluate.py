@@ -17,7 +17,7 @@ from fastervit_deploy.core.options import ModelRequest, OnnxOptions, OutputTarge
 from fastervit_deploy.data.images import open_image, preprocess, skimage_photos
 from fastervit_deploy.plan import plan_export
 
-from .conftest import DIGITS_CKPT
+from .helpers import DIGITS_CKPT
 from .helpers import assert_one_line_error, cli, export_tiny, quiet_steps
 
 pytestmark = pytest.mark.xdist_group("digits-evaluate")

@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 from fastervit import UnsupportedResolutionError, create_model, list_models, suggest_windows
 from fastervit.registry import build_meta
 
-from .conftest import TINY
+from .helpers import TINY
 
 
 class RankRecorder(TorchFunctionMode):

@@ -7,7 +7,7 @@ import torch
 
 from fastervit import FasterViT, FasterViTConfig, load_checkpoint
 
-from .conftest import GOLDEN, golden_cases, load_golden
+from .helpers import GOLDEN, golden_cases, load_golden
 
 CASES = golden_cases()
 pytestmark = pytest.mark.skipif(not CASES, reason=f"no golden tensors at {GOLDEN}")

@@ -9,7 +9,7 @@ import torch
 
 from fastervit import build_meta, create_model, load_checkpoint
 
-from .conftest import KEYS
+from .helpers import KEYS
 
 KEY_FILES = sorted(KEYS.glob("*.txt")) if KEYS.is_dir() else []
 pytestmark = pytest.mark.skipif(not KEY_FILES, reason=f"no key lists at {KEYS}")

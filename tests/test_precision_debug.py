@@ -16,7 +16,7 @@ from fastervit_deploy.data.datasets import digits_split
 from fastervit_deploy.data.images import preprocess
 from fastervit_deploy.graph.graph import Graph
 from fastervit_deploy.graph.inspect import inspect_path
-from fastervit_deploy.graph.policy import plan_placement
+from fastervit_deploy.graph.placement import plan_placement
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
 from .helpers import assert_one_line_error, cli

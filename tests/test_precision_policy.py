@@ -7,7 +7,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fastervit_deploy.tensorrt.audit import audit, datatype, precision_counts
 from fastervit_deploy.graph.inspect import inspect_model
-from fastervit_deploy.graph.policy import check_precision, check_qdq, plan_placement
+from fastervit_deploy.graph.placement import plan_placement
+from fastervit_deploy.graph.policy_checks import check_precision, check_qdq
 
 C = 8
 

@@ -17,13 +17,14 @@ from fastervit_deploy.core.options import Provider, RunOptions
 from fastervit_deploy.formats import runtime_mismatch
 from fastervit_deploy.graph.graph import Graph
 from fastervit_deploy.graph.inspect import inspect_path
-from fastervit_deploy.graph.policy import SCHEMES, check_qdq
+from fastervit_deploy.graph.policy import SCHEMES
+from fastervit_deploy.graph.policy_checks import check_qdq
 from fastervit_deploy.tensorrt.audit import audit
 from fastervit_deploy.tensorrt.profile import unsupported_precision
 
 from .helpers import assert_one_line_error, cli
 
-# the tests of the module-scoped `targets` run on one xdist worker, which makes them once
+# the tests of the module-scoped `digits_targets` run on one xdist worker, which makes them once
 uses_targets = pytest.mark.xdist_group("digits-targets")
 
 
@@ -45,22 +46,11 @@ def zero_point_types(path: Path) -> dict[str, set[int]]:
     return found
 
 
-@pytest.fixture(scope="module")
-def targets(digits_artifacts, tmp_path_factory):
-    """The digits model for onnxruntime's CPU and as FP8, calibrated on the same 256 training digits."""
-    root = tmp_path_factory.mktemp("targets")
-    fp32, calib = digits_artifacts["fp32"], digits_artifacts["calib"]
-    made = {}
-    for name, args in (("cpu", ["--int8", "--target", "onnxruntime-cpu"]), ("fp8", ["--fp8"])):
-        made[name] = root / f"digits_{name}.onnx"
-        result = cli("quantize", fp32, *args, "--calib-dir", calib, "-o", made[name])
-        assert result.exit_code == 0, result.output
-    return made
 
 
 @uses_targets
-def test_cpu_int8_is_the_onnxruntime_cpu_scheme_and_keeps_the_digits(targets, digits_artifacts, digits_folder, tmp_path):
-    path = targets["cpu"]
+def test_cpu_int8_is_the_onnxruntime_cpu_scheme_and_keeps_the_digits(digits_targets, digits_artifacts, digits_folder, tmp_path):
+    path = digits_targets["cpu"]
     record = read_record(path)
     kernels = record.details["int8"]["cpu_kernels"]
     assert record.target == "onnxruntime-cpu" and record.details["int8"]["scheme"] == "onnxruntime-cpu-int8"
@@ -78,9 +68,27 @@ def test_cpu_int8_is_the_onnxruntime_cpu_scheme_and_keeps_the_digits(targets, di
     assert by["digits_cpu.onnx"]["drop_points"] <= 0.5
 
 
+def activation_scales(path: Path) -> dict[str, float]:
+    """The written graph's activation scales, by the DequantizeLinear that uses them (read from the file)."""
+    g = Graph(onnx.load(str(path)))
+    return {dq.name: float(numpy_helper.to_array(g.initializers[dq.input[1]]).astype(np.float32).ravel()[0])
+            for dq in g.nodes if dq.op_type == "DequantizeLinear" and not g.is_constant(g.behind(dq.input[0]))}
+
+
 @uses_targets
-def test_fp8_is_the_tensorrt_fp8_scheme_and_keeps_the_digits(targets, digits_artifacts, digits_folder, tmp_path):
-    path = targets["fp8"]
+def test_fp8_with_a_method_given_calibrates_with_that_method(digits_targets):
+    """`--fp8 --method entropy` names the INT8 default explicitly: FP8 must use it, not its own default (max)."""
+    entropy, max_ = read_record(digits_targets["fp8_entropy"]), read_record(digits_targets["fp8"])
+    assert entropy.details["fp8"]["calibration"]["method"] == "entropy" and max_.details["fp8"]["calibration"]["method"] == "max"
+    assert "--method" in entropy.command and "entropy" in entropy.command  # the record's command line remakes it
+    ours, theirs = activation_scales(digits_targets["fp8_entropy"]), activation_scales(digits_targets["fp8"])
+    assert ours.keys() == theirs.keys() and len(ours) > 20
+    assert sum(ours[k] < theirs[k] * 0.999 for k in ours) > len(ours) // 2  # entropy clips below max: smaller scales
+
+
+@uses_targets
+def test_fp8_is_the_tensorrt_fp8_scheme_and_keeps_the_digits(digits_targets, digits_artifacts, digits_folder, tmp_path):
+    path = digits_targets["fp8"]
     record = read_record(path)
     assert record.precision == "fp8" and record.target == "tensorrt"
     assert record.details["fp8"]["calibration"]["method"] == "max"  # FP8's default
@@ -98,27 +106,27 @@ def test_fp8_is_the_tensorrt_fp8_scheme_and_keeps_the_digits(targets, digits_art
 
 
 @uses_targets
-def test_a_tensorrt_graph_on_the_cpu_provider_says_so_in_one_line(targets, digits_artifacts, tmp_path):
-    result = cli("benchmark", digits_artifacts["int8"], targets["cpu"], "--batch", 1, "--warmup", 0, "--iterations", 1,
+def test_a_tensorrt_graph_on_the_cpu_provider_says_so_in_one_line(digits_targets, digits_artifacts, tmp_path):
+    result = cli("benchmark", digits_artifacts["int8"], digits_targets["cpu"], "--batch", 1, "--warmup", 0, "--iterations", 1,
                  "--no-pytorch")
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and "digits_int8.onnx (int8) was made for TensorRT" in notes[0]
-    cpu = read_record(targets["cpu"])
-    assert runtime_mismatch(targets["cpu"], cpu, RunOptions(Provider.cpu)) is None
-    assert "made for onnxruntime's CPU kernels" in runtime_mismatch(targets["cpu"], cpu, RunOptions(Provider.tensorrt))
+    cpu = read_record(digits_targets["cpu"])
+    assert runtime_mismatch(digits_targets["cpu"], cpu, RunOptions(Provider.cpu)) is None
+    assert "made for onnxruntime's CPU kernels" in runtime_mismatch(digits_targets["cpu"], cpu, RunOptions(Provider.tensorrt))
     verify = cli("verify", digits_artifacts["fp16"], "--batch", 2)
     assert verify.exit_code == 0 and "digits_fp16.onnx (fp16) was made for TensorRT" in verify.output
 
 
 @uses_targets
-def test_build_trt_refuses_cpu_graphs_and_fp8_below_compute_capability_8_9(targets, tmp_path):
-    assert_one_line_error(cli("build-trt", "--onnx", targets["cpu"]), r"made for onnxruntime's CPU kernels .* build "
+def test_build_trt_refuses_cpu_graphs_and_fp8_below_compute_capability_8_9(digits_targets, tmp_path):
+    assert_one_line_error(cli("build-trt", "--onnx", digits_targets["cpu"]), r"made for onnxruntime's CPU kernels .* build "
                           r"engines from the FP32 ONNX \(digits.onnx\) with --int8", 2)
     assert unsupported_precision("fp8", "8.6").startswith("FP8 engines need compute capability 8.9")
     assert unsupported_precision("fp8", "8.9") is None and unsupported_precision("fp8", "9.0") is None
     assert unsupported_precision("int8", "7.5") is None
-    result = cli("build-trt", "--onnx", targets["fp8"])  # without TensorRT here: the trtexec line to run there
+    result = cli("build-trt", "--onnx", digits_targets["fp8"])  # without TensorRT here: the trtexec line to run there
     assert "trtexec" in result.output and "--fp8" not in result.output.replace("\n", " ")
     fp8_layers = {"Layers": [{"Name": f"l{i}", "LayerType": "CaskConvolution",
                               "Inputs": [{"Format/Datatype": "Row major linear FP8 format"}]} for i in range(3)]}
@@ -128,15 +136,15 @@ def test_build_trt_refuses_cpu_graphs_and_fp8_below_compute_capability_8_9(targe
 
 
 @uses_targets
-def test_triton_serves_the_fp8_graph(targets, tmp_path):
-    from fastervit_deploy.triton.repository import parse_config
+def test_triton_serves_the_fp8_graph(digits_targets, tmp_path):
+    from fastervit_deploy.triton.schema import parse_config
 
     repo = tmp_path / "repo"
-    result = cli("triton", targets["fp8"], "--repository", repo, "--name", "fp8")
+    result = cli("triton", digits_targets["fp8"], "--repository", repo, "--name", "fp8")
     assert result.exit_code == 0, result.output
     config = parse_config(repo / "fp8" / "config.pbtxt")
     assert config.platform == "onnxruntime_onnx" and config.parameters["fvdeploy.precision"].string_value == "fp8"
-    assert (repo / "fp8" / "1" / "model.onnx").read_bytes() == targets["fp8"].read_bytes()
+    assert (repo / "fp8" / "1" / "model.onnx").read_bytes() == digits_targets["fp8"].read_bytes()
 
 
 def test_bad_combinations_are_one_line(digits_artifacts, tmp_path):

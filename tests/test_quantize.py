@@ -5,7 +5,6 @@ model) and on photos with FasterViT-0's checkpoint-like weights (non-zero biases
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,42 +12,22 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from fastervit_deploy.data.datasets import digits_split, to_batch, write_folder
+from fastervit_deploy.data.datasets import digits_split, write_folder
 from fastervit_deploy.graph.inspect import inspect_path
 from fastervit_deploy.data.images import skimage_photos
-from fastervit_deploy.core.model_spec import resolve_model
 from fastervit_deploy.graph.graph import Graph
-from fastervit_deploy.core.options import CalibrationOptions, ModelRequest, OnnxOptions, OutputTarget
 from fastervit_deploy.core.precision import Tolerance
-from fastervit_deploy.plan import plan_export, plan_quantize
 from fastervit_deploy.quantize.convert import modelopt_available
 from fastervit_deploy.artifact import read_record
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
 
-from .helpers import assert_one_line_error, cli, export_tiny, quiet_steps
+from .helpers import BACKENDS, assert_one_line_error, cli, export_tiny, quantize
 
-DIGITS_CKPT = Path(__file__).resolve().parents[1] / "fastervit_deploy" / "data" / "digits_fastervit.pth.tar"
-BACKENDS = ["onnxruntime"] + (["modelopt"] if modelopt_available() else [])
 needs_modelopt = pytest.mark.skipif(not modelopt_available(), reason="needs nvidia-modelopt (make install installs it)")
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    """The committed digits model exported to ONNX, a calibration folder (train split), the test split."""
-    root = tmp_path_factory.mktemp("digits")
-    request = ModelRequest("faster_vit_0_224", checkpoint=DIGITS_CKPT)
-    fp32 = root / "digits.onnx"
-    plan_export(request, OutputTarget(fp32), OnnxOptions(no_verify=True)).run(quiet_steps())
-    train, _, test, y_test = digits_split()
-    calib = write_folder(train[:512], root / "calib")
-    desc = resolve_model(request)
-    return {"root": root, "fp32": fp32, "calib": calib, "x": to_batch(test, desc.resolution, desc.preprocessing),
-            "y": y_test}
 
 
-def quantize(source, output, precision, tolerance=Tolerance(), **calibration):
-    plan = plan_quantize(source, precision, OutputTarget(output), CalibrationOptions(**calibration), tolerance)
-    return plan.run(quiet_steps())
 
 
 def accuracy(path, x, y):
@@ -90,15 +69,6 @@ def test_fp16_accuracy_drop_within_0_2_points_and_layernorm_in_fp32(digits):
     assert read_record(out).details["lowering"]["converter"] == "modelopt-autocast"
 
 
-@pytest.fixture(scope="module")
-def int8_graphs(digits):
-    """Each backend's INT8 graph of the digits model: the first calibrates and writes a cache, the next reads it."""
-    cache = digits["root"] / "scales.cache"
-    graphs = {}
-    for backend in BACKENDS:
-        out = digits["root"] / f"int8_{backend}.onnx"
-        graphs[backend] = (out, quantize(digits["fp32"], out, "int8", calib_dir=digits["calib"], backend=backend, calib_cache=cache))
-    return graphs, cache
 
 
 @pytest.mark.xdist_group("digits-int8")

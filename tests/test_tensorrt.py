@@ -22,7 +22,7 @@ HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 def test_trtexec_line_is_strongly_typed_with_the_batch_profile():
     line = trtexec_command(Path("m int8.onnx"), Path("m.plan"), Profile("input", (3, 224, 224), 1, 8, 64),
-                           BuilderOptions(Path("t.cache"), workspace=2, opt_level=4))
+                           BuilderOptions(timing_cache=Path("t.cache"), workspace=2, opt_level=4))
     assert line.startswith("trtexec '--onnx=m int8.onnx' --stronglyTyped")
     for part in ("--minShapes=input:1x3x224x224", "--optShapes=input:8x3x224x224", "--maxShapes=input:64x3x224x224",
                  "--timingCacheFile=t.cache", "--builderOptimizationLevel=4", "--memPoolSize=workspace:2048M"):

@@ -19,7 +19,8 @@ from fastervit_deploy.core.options import BatchProfile
 from fastervit_deploy.artifact import read_record
 from fastervit_deploy.core.reference import TorchRunner
 from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
-from fastervit_deploy.triton.repository import parse_config
+from fastervit_deploy.system.errors import FvdeployError
+from fastervit_deploy.triton.schema import parse_config
 
 import fastervit_deploy
 from fastervit_deploy.triton.local import free_port
@@ -29,17 +30,10 @@ from .helpers import assert_one_line_error, cli, export_tiny, interrupt, leftove
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("triton")
-    classifier, _ = export_tiny(root, filename="cls.onnx", batch=BatchProfile(max_batch=16))
-    backbone, _ = export_tiny(root, "faster_vit_0_any_res", filename="feat.onnx", resolution=(160, 288),
-                              out_indices=(1, 3))
-    return root, classifier, backbone
 
 
-def test_repository_is_valid_for_triton_and_matches_the_artifacts(artifacts, tmp_path):
-    root, classifier, backbone = artifacts
+def test_repository_is_valid_for_triton_and_matches_the_artifacts(triton_artifacts, tmp_path):
+    root, classifier, backbone = triton_artifacts
     repo = tmp_path / "repo"
     result = cli("triton", classifier, backbone, "--repository", repo, "--name", "cls", "--name", "feat",
                  "--instances", 2, "--preferred-batch", "2,8")
@@ -55,7 +49,12 @@ def test_repository_is_valid_for_triton_and_matches_the_artifacts(artifacts, tmp
     feat = parse_config(repo / "feat" / "config.pbtxt")
     assert [(t.name, list(t.dims)) for t in feat.output] == [("feat_s8", [64, 20, 36]), ("feat_s32", [256, 5, 9])]
     assert not any(t.label_filename for t in feat.output) and not (repo / "feat" / "labels.txt").exists()
-    assert json.loads((repo / "feat" / "fvdeploy.json").read_text())["outputs"][0]["name"] == "feat_s8"
+    assert json.loads((repo / "feat" / "1" / "model.onnx.json").read_text())["outputs"][0]["name"] == "feat_s8"
+    assert read_record(repo / "feat" / "1" / "model.onnx").identity() == read_record(backbone).identity()  # re-checked
+    served = repo / "cls" / "1" / "model.onnx"
+    served.write_bytes(served.read_bytes() + b"\0")  # replaced after fvdeploy wrote it: its record no longer holds
+    with pytest.raises(FvdeployError, match="changed since its sidecar"):
+        fastervit_deploy.preprocess([], repo / "cls")
     # The onnxruntime backend's TensorRT accelerator, for ONNX on GPU hosts.
     ort_trt = cli("triton", classifier, "--repository", repo, "--name", "cls_trt", "--ort-tensorrt")
     assert ort_trt.exit_code == 0, ort_trt.output
@@ -63,8 +62,8 @@ def test_repository_is_valid_for_triton_and_matches_the_artifacts(artifacts, tmp
     assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP16"
 
 
-def test_bad_input_is_one_line(artifacts, tmp_path):
-    root, classifier, _ = artifacts
+def test_bad_input_is_one_line(triton_artifacts, tmp_path):
+    root, classifier, _ = triton_artifacts
     repo = tmp_path / "repo"
     assert cli("triton", classifier, "--repository", repo, "--name", "m").exit_code == 0
     assert_one_line_error(cli("triton", classifier, "--repository", repo, "--name", "m"), r"m exists \(pass --overwrite", 2)
@@ -92,10 +91,10 @@ def _infer(client, model, x, output="logits"):
     return client.infer(model, [inp]).as_numpy(output)
 
 
-def test_served_by_tritonserver_matches_pytorch_and_batches_under_load(artifacts, tmp_path):
+def test_served_by_tritonserver_matches_pytorch_and_batches_under_load(triton_artifacts, tmp_path):
     from fastervit_deploy.triton.local import LocalTritonServer
 
-    root, classifier, _ = artifacts
+    root, classifier, _ = triton_artifacts
     repo = tmp_path / "repo"
     result = cli("triton", classifier, "--repository", repo, "--name", "cls", "--backend", "python", "--preprocess",
                  "--max-queue-delay-us", 20000)
@@ -154,8 +153,8 @@ def test_served_by_tritonserver_matches_pytorch_and_batches_under_load(artifacts
 
 
 @pytest.mark.gpu(needs="tensorrt")
-def test_tensorrt_plan_repository_names_its_tensorrt_version(artifacts, tmp_path):
-    root, _, backbone = artifacts
+def test_tensorrt_plan_repository_names_its_tensorrt_version(triton_artifacts, tmp_path):
+    root, _, backbone = triton_artifacts
     plan = tmp_path / "feat.plan"
     assert cli("build-trt", "--onnx", backbone, "--fp16", "--max-batch", 8, "-o", plan).exit_code == 0
     repo = tmp_path / "repo"
@@ -167,10 +166,10 @@ def test_tensorrt_plan_repository_names_its_tensorrt_version(artifacts, tmp_path
     assert f"needs TensorRT {tensorrt.__version__}" in (repo / "README.md").read_text()
 
 
-def test_the_repository_readme_keeps_one_section_per_model(artifacts, tmp_path):
+def test_the_repository_readme_keeps_one_section_per_model(triton_artifacts, tmp_path):
     from fastervit_deploy.triton.repository import readme_sections
 
-    root, classifier, backbone = artifacts
+    root, classifier, backbone = triton_artifacts
     repo = tmp_path / "repo"
     assert cli("triton", classifier, "--repository", repo, "--name", "cls").exit_code == 0
     assert cli("triton", backbone, "--repository", repo, "--name", "feat").exit_code == 0
@@ -183,19 +182,19 @@ def test_the_repository_readme_keeps_one_section_per_model(artifacts, tmp_path):
     assert "instances: 3 x GPU" in again["cls"] and "instances: 1 x GPU" in first["cls"]
 
 
-# ---- faults round 3: names, the local server's life, the README's client ------------------------------------------
+# ---- names, the local server's life, the README's client ------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 201])
-def test_a_model_name_is_one_folder_name_triton_accepts(artifacts, tmp_path, name):
-    _, classifier, _ = artifacts
+def test_a_model_name_is_one_folder_name_triton_accepts(triton_artifacts, tmp_path, name):
+    _, classifier, _ = triton_artifacts
     repo = tmp_path / "repo"
     result = cli("triton", classifier, "--repository", repo, "--name", name)
     assert_one_line_error(result, r"is not a Triton model name: one folder name of letters, digits", 2)
     assert not repo.exists() and not (tmp_path / "escape").exists()  # nothing written, not even the repository
 
 
-def test_overwrite_never_replaces_the_folder_an_input_lives_in(artifacts, tmp_path):
-    _, classifier, _ = artifacts
+def test_overwrite_never_replaces_the_folder_an_input_lives_in(triton_artifacts, tmp_path):
+    _, classifier, _ = triton_artifacts
     repo = tmp_path / "repo"
     assert cli("triton", classifier, "--repository", repo, "--name", "m").exit_code == 0
     served = repo / "m" / "1" / "model.onnx"
@@ -205,8 +204,8 @@ def test_overwrite_never_replaces_the_folder_an_input_lives_in(artifacts, tmp_pa
     assert served.read_bytes() == before
 
 
-def test_triton_serve_refuses_what_the_wheels_server_cannot_load_before_starting(artifacts, tmp_path):
-    _, classifier, _ = artifacts
+def test_triton_serve_refuses_what_the_wheels_server_cannot_load_before_starting(triton_artifacts, tmp_path):
+    _, classifier, _ = triton_artifacts
     repo = tmp_path / "repo"
     assert cli("triton", classifier, "--repository", repo, "--name", "m").exit_code == 0  # onnxruntime backend
     assert_one_line_error(cli("triton-serve", repo), r"has the Python backend only, and m \(onnxruntime_onnx\) needs "
@@ -238,8 +237,8 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_the_local_server_and_its_stubs_end_with_fvdeploy(artifacts, tmp_path, sig, code):
-    _, classifier, _ = artifacts
+def test_the_local_server_and_its_stubs_end_with_fvdeploy(triton_artifacts, tmp_path, sig, code):
+    _, classifier, _ = triton_artifacts
     repo = tmp_path / f"repo-{sig.name}"  # the server's and its stubs' command lines name it
     assert cli("triton", classifier, "--repository", repo, "--backend", "python").exit_code == 0
     tmpdir = tmp_path / "tmp"
@@ -265,10 +264,10 @@ def readme_block(after: str) -> str:
     return rest[start:rest.index("```", start)]
 
 
-def test_the_readmes_client_snippet_runs_as_written(artifacts, tmp_path, monkeypatch):
+def test_the_readmes_client_snippet_runs_as_written(triton_artifacts, tmp_path, monkeypatch):
     from fastervit_deploy.triton.local import LocalTritonServer
 
-    _, classifier, _ = artifacts
+    _, classifier, _ = triton_artifacts
     monkeypatch.chdir(tmp_path)
     # The README's two commands, then its snippet: a cat photo, the server on the port the snippet names.
     assert cli("triton", classifier, "--repository", "models", "--name", "fastervit", "--backend", "python").exit_code == 0

@@ -9,14 +9,14 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from .. import __version__
+from ..version import __version__
 from ..system import lifecycle
 from ..core import options
 from ..core.declare import Opt, OptionGroup
 from ..system.errors import EXIT_INTERNAL, FvdeployError, exit_code_of, internal_error_line, one_line, reader_gone
 from ..system.progress import console
 from . import commands
-from .groups import with_groups
+from .groups import command
 
 app = typer.Typer(
     name="fvdeploy",
@@ -95,7 +95,7 @@ COMMANDS: tuple[tuple[str, Callable], ...] = (
     ("triton-serve", commands.triton_serve),
 )
 for _name, _fn in COMMANDS:
-    app.command(_name)(one_line_errors(with_groups(_fn)))
+    app.command(_name)(one_line_errors(command(_fn)))
 
 
 def _declared(keep: Callable[[Opt], bool]) -> dict[str, Opt]:

@@ -16,6 +16,7 @@ from ..core.options import (
     CalibrationOptions,
     CoreMLOptions,
     ImagesOption,
+    LabelledData,
     TargetOptions,
     ModelRequest,
     OnnxOptions,
@@ -23,6 +24,7 @@ from ..core.options import (
     OutputTarget,
     PrecisionFlags,
     RunOptions,
+    TensorRTRuntime,
     TritonOptions,
     BatchProfile,
     TunedBatchProfile,
@@ -44,6 +46,7 @@ class _Stdout(Console):
 
 
 stdout = _Stdout(highlight=False)
+DEBUG_LIMIT = 64  # debug runs every layer of two graphs per image: a smaller default subset than evaluate's (all)
 
 
 def _check_reports(overwrite: bool, inputs: list[Path], **reports: Path | None) -> None:
@@ -112,9 +115,10 @@ def inspect(
 ) -> None:
     """Op histogram, inputs/outputs and TensorRT-readiness findings of an ONNX file."""
     from ..graph.inspect import inspect_path
+    from ..tensorrt.parser import with_parser
     from .tables import inspect_tables
 
-    report = inspect_path(onnx_path)
+    report = with_parser(inspect_path(onnx_path), onnx_path)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -207,17 +211,12 @@ def benchmark(
 def evaluate(
     artifacts: Annotated[Optional[list[Path]], typer.Argument(help="Artifacts to evaluate (none: PyTorch alone, from "
                                                                     "--model).", metavar="[ARTIFACT]...")] = None,
-    data: Annotated[Path, typer.Option("--data", help="Labelled images: one folder per class (ImageFolder), or a "
-                                                      "folder with --labels-file.")] = ...,
-    labels_file: Annotated[Optional[Path], typer.Option(help="'file label' lines or CSV (ImageNet's validation "
-                                                             "layout); labels: class names, synsets or indices.")] = None,
+    labelled: LabelledData = LabelledData(),
     reference: Annotated[Optional[Path], typer.Option(help="Compare with this artifact (e.g. the FP32 ONNX) instead of "
                                                            "PyTorch rebuilt from the first artifact's record.")] = None,
     model: ModelRequest = ModelRequest(),
     runtime: RunOptions = RunOptions(),
     batch: Annotated[int, typer.Option(min=1, help="Images read and run at a time.")] = 32,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate a seeded subset of this many images, spread "
-                                                             "over the classes.")] = None,
     max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="Exit 1 if an artifact's top-1 is more than this "
                                                                     "many points below the reference's.")] = None,
     speed: Annotated[bool, typer.Option("--speed", help="Also time every artifact (p50 latency, img/s), interleaved, "
@@ -231,17 +230,20 @@ def evaluate(
     overwrite: OverwriteReports = False,
 ) -> None:
     """Accuracy on labelled images for each artifact beside a reference: top-1/top-5, drop, agreement, per class."""
-    _check_reports(overwrite, files_read(*(artifacts or []), reference, labels_file, model.checkpoint), json=json_path,
-                   plot=plot_path, speed_plot=speed_plot)
+    if labelled.data is None:
+        raise FvdeployError("evaluate needs --data (labelled images)")
+    _check_reports(overwrite, files_read(*(artifacts or []), reference, labelled.labels_file, model.checkpoint),
+                   json=json_path, plot=plot_path, speed_plot=speed_plot)
     if speed_plot is not None and not speed:
         raise FvdeployError("--speed-plot needs --speed")
-    if not artifacts and not model.given:
+    if not artifacts and not model.any_given:
         raise FvdeployError("give artifacts to evaluate, or --model (and --checkpoint) to evaluate PyTorch alone")
     from ..use.evaluate import drops_over, plot_confusion, plot_speed
     from ..use.evaluate import evaluate as run_evaluate
     from .tables import evaluate_table
 
-    report = run_evaluate(list(artifacts or []), data, model, runtime, console, labels_file, reference, batch, limit,
+    report = run_evaluate(list(artifacts or []), labelled.data, model, runtime, console, labelled.labels_file, reference,
+                          batch, labelled.limit,
                           speed_batch if speed else None, iterations=iterations, confusion_plot=plot_path is not None)
     failures = drops_over(report, max_drop) if max_drop is not None else []
     report.update(max_drop=max_drop, passed=not failures)
@@ -262,10 +264,7 @@ def debug(
     images: ImagesOption,
     reference: Annotated[Optional[Path], typer.Option(help="The FP32 ONNX to compare with (default: the one the "
                                                            "candidate's record names).")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Labelled images instead of --images: the sensitivity then "
-                                                      "reports accuracy on their labels too.")] = None,
-    labels_file: Annotated[Optional[Path], typer.Option(help="'file label' lines or CSV for a flat --data folder.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="Labelled images used from --data (spread over the classes).")] = 64,
+    labelled: LabelledData = LabelledData(),
     sensitivity: Annotated[bool, typer.Option("--sensitivity/--no-sensitivity",
                                               help="Q/DQ graphs: rank the site groups (each alone kept in FP16).")] = True,
     json_path: JsonOpt = None,
@@ -273,8 +272,8 @@ def debug(
     overwrite: OverwriteReports = False,
 ) -> None:
     """Where a precision-lowered graph departs from FP32, layer by layer; which Q/DQ site groups cost most."""
-    _check_reports(overwrite, files_read(candidate, reference, labels_file), json=json_path, plot=plot_path)
-    if images.images is not None and data is not None:
+    _check_reports(overwrite, files_read(candidate, reference, labelled.labels_file), json=json_path, plot=plot_path)
+    if images.images is not None and labelled.data is not None:
         raise FvdeployError("give one of --images and --data")
     from ..system.files import scratch_folder
     from ..use.debug import debug as run_debug
@@ -282,8 +281,8 @@ def debug(
     from .tables import layers_table, sensitivity_table
 
     with scratch_folder(prefix="fvdeploy-debug-") as work:
-        report = run_debug(candidate, reference, images.images, data, labels_file, limit, tolerance, sensitivity, work,
-                           console)
+        report = run_debug(candidate, reference, images.images, labelled.data, labelled.labels_file,
+                           labelled.limit_or(DEBUG_LIMIT), tolerance, sensitivity, work, console)
     stdout.print(layers_table(report))
     first = report["first_beyond"]
     console.print(f"first beyond tolerance: {first['node']} ({first['kind']}; {'; '.join(first['beyond'])})"
@@ -326,15 +325,18 @@ def build_trt(
     images: ImagesOption,
     source: OnnxSource,
 ) -> None:
-    """Build a TensorRT engine (TensorRT 10 or 11, strongly typed; precision comes from the ONNX).
+    """Build an engine: TensorRT (10 or 11) on this GPU, or TensorRT for RTX ahead of time for chosen GPUs.
 
-    With --model, the ONNX is exported (and quantized for --fp16/--int8) first. Without TensorRT, it
-    says which fvdeploy commands make that ONNX here and the trtexec line to run where TensorRT is.
+    Strongly typed: precision comes from the ONNX. With --model, the ONNX is exported (and quantized for
+    --fp16/--int8/--fp8) first. Without TensorRT, it says which fvdeploy commands make that ONNX here, the
+    trtexec line to run where TensorRT is, and the command that builds a TensorRT for RTX engine here.
     """
-    from ..plan import plan_build_trt, require_tensorrt
+    from ..plan import command_line, plan_build_trt, require_runtime
 
     plan = plan_build_trt(source.onnx, model, precision.precision, out, calibration, batch, builder, onnx_options, images)
-    require_tensorrt(plan)
+    rtx = builder.replace(runtime=TensorRTRuntime.tensorrt_rtx, compute_capability=("8.9",), timing_cache=None)
+    require_runtime(plan, command_line(("build-trt", *source.argv(), *model.argv(), *precision.argv(), *batch.argv(),
+                                        *rtx.argv(), *calibration.argv(), *onnx_options.argv(), *images.argv())))
     _wrote(plan.run(Steps()), plan.output)
 
 

@@ -1,6 +1,6 @@
 """Option groups as Typer parameters, built from their one declaration (``core.declare``).
 
-A command names a group class as a parameter type; ``with_groups`` expands it into the group's
+A command names a group class as a parameter type; ``command`` expands it into the group's
 options for Typer (flags, help, ranges, choices, panel) and hands the command the parsed, immutable
 group. Typer stays in this package; the groups themselves know nothing of it.
 """
@@ -8,7 +8,6 @@ group. Typer stays in this package; the groups themselves know nothing of it.
 from __future__ import annotations
 
 import enum
-import functools
 import inspect
 import typing
 from pathlib import Path
@@ -30,14 +29,30 @@ def _cli_type(name: str, opt: Opt, hint: Any, default: Any) -> Any:
     return kind
 
 
+def _flag_only(opt: Opt, hint: Any) -> bool:
+    """A plain flag (``--fp16``): present or not, no value and no --no- form."""
+    return _field_type(hint) is bool and not opt.negatable
+
+
+def _shown_default(opt: Opt, default: Any) -> bool | str:
+    """The default as --help shows it (Typer itself sees None: an option left out is then told from one given)."""
+    if opt.repeat or default is None or isinstance(default, bool):
+        return False
+    return str(default)
+
+
 def _parameter(group: type[OptionGroup], field, opt: Opt, hint: Any) -> inspect.Parameter:
     flags = opt.flags
-    if not flags and _field_type(hint) is bool and not opt.negatable:
+    flag_only = _flag_only(opt, hint)
+    if not flags and flag_only:
         flags = ("--" + field.name.replace("_", "-"),)  # a plain flag (Typer would add --no-...)
     declaration = typer.Option(*flags, help=opt.help, min=opt.min, max=opt.max, metavar=opt.metavar,
-                               rich_help_panel=opt.panel or group.PANEL or None, show_default=not opt.repeat)
-    annotation = Annotated[_cli_type(field.name, opt, hint, field.default), declaration]
-    default = inspect.Parameter.empty if opt.required else (None if opt.repeat else field.default)
+                               rich_help_panel=opt.panel or group.PANEL or None,
+                               show_default=_shown_default(opt, field.default))
+    # Typer's default is None for every option that takes a value (False for a plain flag): a value that is not
+    # None (True) was given on the command line.
+    annotation = Annotated[_cli_type(field.name, opt, hint, None if not flag_only else field.default), declaration]
+    default = inspect.Parameter.empty if opt.required else (False if flag_only else None)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
@@ -46,18 +61,26 @@ def parameters(group: type[OptionGroup]) -> list[inspect.Parameter]:
 
 
 def parse(group: type[OptionGroup], values: dict[str, Any]) -> OptionGroup:
-    """The group from Typer's values: an option left out takes the field's default."""
+    """The group from Typer's values, with the fields the command line gave (None or a plain flag's False: left
+    out)."""
     parsed = {}
-    for f, _, _ in group.declared():
+    for f, opt, hint in group.declared():
         value = values.pop(f.name)
         if isinstance(value, enum.Enum):
             value = value.value  # a choices subset's member too: the field's own enum takes its value
-        parsed[f.name] = f.default if value is None and f.default is not None else value
-    return group.from_cli(**parsed)
+        left_out = value is None or value == [] or (value is False and _flag_only(opt, hint))
+        if not left_out:
+            parsed[f.name] = value
+    return group.from_cli(given=frozenset(parsed), **parsed)
 
 
-def with_groups(fn: Callable) -> Callable:
-    """Expand every ``OptionGroup``-typed parameter of ``fn`` into the group's options (for Typer)."""
+def command(fn: Callable) -> Callable:
+    """``fn`` as a Typer command: each ``OptionGroup``-typed parameter becomes the group's declared options.
+
+    Typer reads a command's options from its signature, so the command Typer sees is a new function whose
+    ``__signature__`` lists the groups' options (built from their declarations) beside ``fn``'s own parameters;
+    it parses each group once and calls ``fn`` with the immutable groups. ``fn`` itself is not changed.
+    """
     hints = typing.get_type_hints(fn, include_extras=True)
     params: list[inspect.Parameter] = []
     groups: dict[str, type[OptionGroup]] = {}
@@ -71,16 +94,15 @@ def with_groups(fn: Callable) -> Callable:
     names = [p.name for p in params]
     if len(names) != len(set(names)):
         raise TypeError(f"{fn.__name__}: two options share a name: {sorted(n for n in names if names.count(n) > 1)}")
-    @functools.wraps(fn)
-    def command(**values: Any) -> Any:
+
+    def run(**values: Any) -> Any:
         for name, group in groups.items():
             values[name] = parse(group, values)
         return fn(**values)
 
-    del command.__wrapped__  # Typer must see the expanded signature below, not fn's
-    command.__signature__ = inspect.Signature(params)
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
+    run.__name__, run.__qualname__, run.__doc__, run.__module__ = fn.__name__, fn.__qualname__, fn.__doc__, fn.__module__
+    run.__signature__ = inspect.Signature(params)  # what Typer reads (inspect.signature honours it)
+    return run
 
 
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")]

@@ -5,6 +5,11 @@ flags, help, range, and how a command-line value becomes the field's value and b
 declaration the CLI layer builds the Typer parameters (``cli/groups.py``), ``from_cli`` parses what
 Typer read, and ``argv`` writes the options that reproduce the group's values. Field names are option
 names (``calib_dir`` is ``--calib-dir``); each default is the field's default, stated once.
+
+What the user gave is recorded when the command line is parsed (``given``), never inferred from values:
+``--method entropy`` given explicitly is given even though entropy is the default, and a step whose own
+default differs (FP8 calibrates with max unless a method is given) must see that. The declared ``min`` and
+``max`` are enforced here, for the command line and the Python API alike.
 """
 
 from __future__ import annotations
@@ -97,10 +102,15 @@ def _field_type(hint: Any) -> Any:
     return hint
 
 
+@dataclass(frozen=True)
 class OptionGroup:
     """Base of the option groups (frozen dataclasses whose fields are declared with ``option``)."""
 
     PANEL: ClassVar[str] = ""
+
+    # The fields the user gave: set by the command-line parser (``from_cli``); a group built in code counts the
+    # fields whose value differs from the default as given. Not part of the group's value (not compared).
+    given: frozenset[str] = dataclasses.field(default=None, kw_only=True, compare=False, repr=False)  # type: ignore[assignment]
 
     @classmethod
     @functools.cache
@@ -119,21 +129,24 @@ class OptionGroup:
         return opt.flags[0].split("/")[0] if opt.flags else "--" + name.replace("_", "-")
 
     @classmethod
-    def from_cli(cls, **values: Any) -> "OptionGroup":
-        """The group from the values Typer parsed (one per declared field)."""
+    def from_cli(cls, given: frozenset[str] | set[str] = frozenset(), **values: Any) -> "OptionGroup":
+        """The group from the values a command line gave (``given``: the fields it named; the others take their
+        defaults)."""
         parsed = {}
         for f, opt, _ in cls.declared():
+            if f.name not in given:
+                continue
             value = values[f.name]
             if opt.parse is not None:
                 value = opt.parse(value)
             elif isinstance(value, list):
                 value = tuple(value)
             parsed[f.name] = value
-        return cls(**parsed)
+        return cls(given=frozenset(given), **parsed)
 
     def __post_init__(self) -> None:
         # API callers may give enum members as their string values, and lists for tuples.
-        for f, _, hint in self.declared():
+        for f, opt, hint in self.declared():
             kind, value = _field_type(hint), getattr(self, f.name)
             if isinstance(kind, type) and issubclass(kind, enum.Enum) and value is not None and not isinstance(value, kind):
                 try:
@@ -145,17 +158,41 @@ class OptionGroup:
                 object.__setattr__(self, f.name, tuple(value))
             elif kind is Path and isinstance(value, str):
                 object.__setattr__(self, f.name, Path(value))
+            self._check_range(f.name, opt, getattr(self, f.name))
+        if self.given is None:
+            object.__setattr__(self, "given", frozenset(self.changed()))
+
+    def _check_range(self, name: str, opt: Opt, value: Any) -> None:
+        """The declared bounds (inclusive), for every number the field holds."""
+        if opt.min is None and opt.max is None:
+            return
+        for v in value if isinstance(value, tuple) else (value,):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if (opt.min is not None and v < opt.min) or (opt.max is not None and v > opt.max):
+                bound = (f"{opt.min:g}..{opt.max:g}" if opt.min is not None and opt.max is not None else
+                         f"at least {opt.min:g}" if opt.min is not None else f"at most {opt.max:g}")
+                raise FvdeployError(f"{self.flag(name)} must be {bound}, got {v:g}")
 
     def changed(self) -> tuple[str, ...]:
-        """Names of the fields whose value is not the default."""
+        """Names of the fields whose value is not the default (not what the user gave: that is ``given``)."""
         return tuple(f.name for f, _, _ in self.declared() if getattr(self, f.name) != f.default)
 
+    def given_flags(self) -> list[str]:
+        """The flags of the given fields, in declaration order (for messages)."""
+        return [self.flag(f.name) for f, _, _ in self.declared() if f.name in self.given]
+
+    def values(self) -> dict[str, Any]:
+        """The declared fields' values, by name."""
+        return {f.name: getattr(self, f.name) for f, _, _ in self.declared()}
+
     def argv(self) -> list[str]:
-        """The options that reproduce this group's values (defaults left out)."""
+        """The options that reproduce this group's values: the given ones and those that differ from the default
+        (a default given explicitly is kept: a later step may have another default of its own)."""
         words: list[str] = []
         for f, opt, _ in self.declared():
             value = getattr(self, f.name)
-            if not opt.reproduce or value == f.default:
+            if not opt.reproduce or (value == f.default and f.name not in self.given):
                 continue
             flags = opt.flags[0].split("/") if opt.flags else ["--" + f.name.replace("_", "-")]
             if isinstance(value, bool):

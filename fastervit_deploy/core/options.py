@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ..system.errors import FvdeployError
 from .declare import Choice, OptionGroup, ints, joined, option
-from .precision import Precision, QuantTarget
+from .precision import FP32_OPS, Precision, QuantTarget
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ class ModelRequest(OptionGroup):
     overrides: Mapping[str, Any] = field(default_factory=dict)  # API only: further constructor options
 
     @property
-    def given(self) -> bool:  # type: ignore[override]
+    def any_given(self) -> bool:
         """True when any model option was given (an artifact's record is then checked against them)."""
-        return bool(super().changed()) or bool(self.overrides)
+        return bool(self.given) or bool(self.overrides)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class BatchProfile(OptionGroup):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.min_batch < 1 or self.max_batch < self.min_batch:
+        if self.max_batch < self.min_batch:
             raise FvdeployError(f"batch range {self.min_batch}..{self.max_batch} is invalid (need 1 <= --min-batch "
                                 "<= --max-batch)")
 
@@ -152,21 +152,22 @@ class PrecisionFlags(OptionGroup):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.changed()) > 1:
-            raise FvdeployError(f"choose one of {' and '.join(self.flag(n) for n in self.changed())}")
+        if len(self.chosen) > 1:
+            raise FvdeployError(f"choose one of {' and '.join(self.flag(n) for n in self.chosen)}")
+
+    @property
+    def chosen(self) -> tuple[str, ...]:
+        return tuple(name for name, on in self.values().items() if on)
 
     @property
     def precision(self) -> Precision | None:
-        chosen = self.changed()
-        return Precision(chosen[0]) if chosen else None
+        return Precision(self.chosen[0]) if self.chosen else None
 
     @classmethod
     def of(cls, precision: Precision) -> "PrecisionFlags":
         return cls(**{Precision(precision).value: True})
 
 
-# Op types every FP16 or INT8 graph computes in fp32 (precision policy: LayerNorm statistics).
-DEFAULT_FP32_OPS = ("LayerNormalization",)
 
 
 @dataclass(frozen=True)
@@ -178,13 +179,13 @@ class TargetOptions(OptionGroup):
     target: QuantTarget = option(QuantTarget.tensorrt, "tensorrt: Q/DQ where TensorRT fuses them, the rest FP16; "
                                                        "onnxruntime-cpu: INT8 where onnxruntime's CPU kernels run "
                                                        "it, the rest FP32.")
-    keep_fp32: tuple[str, ...] = option(DEFAULT_FP32_OPS, "Op type kept in fp32 besides LayerNormalization "
+    keep_fp32: tuple[str, ...] = option(FP32_OPS, "Op type kept in fp32 besides LayerNormalization "
                                                           "(repeatable).", repeat=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         # The policy's fp32 ops always stay: --keep-fp32 adds to them (README), it never lowers a LayerNorm.
-        object.__setattr__(self, "keep_fp32", tuple(dict.fromkeys((*DEFAULT_FP32_OPS, *self.keep_fp32))))
+        object.__setattr__(self, "keep_fp32", tuple(dict.fromkeys((*FP32_OPS, *self.keep_fp32))))
 
 
 class CalibrationMethod(Choice):
@@ -211,11 +212,6 @@ class CalibrationOptions(OptionGroup):
     backend: QuantBackend = option(QuantBackend.auto, "auto: ModelOpt if installed, else onnxruntime.")
     exclude: tuple[str, ...] = option((), "Node-name pattern kept out of INT8 (repeatable).", repeat=True)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.calib_images < 1:
-            raise FvdeployError("--calib-images must be at least 1")
-
     @property
     def cache_hit(self) -> bool:
         return self.calib_cache is not None and Path(self.calib_cache).is_file()
@@ -227,25 +223,62 @@ class Fallback(Choice):
 
 
 @dataclass(frozen=True)
-class AccuracyTarget(OptionGroup):
-    """What a quantized graph must keep: the tolerances (a Tolerance group), and accuracy on labelled images."""
+class LabelledData(OptionGroup):
+    """Labelled images (evaluate, debug, and quantize's accuracy target): one declaration of where they are."""
 
-    PANEL = "Accuracy target"
+    PANEL = "Labelled data"
 
-    fallback: Fallback = option(Fallback.off, "auto: when the INT8 graph misses the tolerances (or --max-drop on "
-                                              "--data), keep its most sensitive site groups in FP16 until it meets them.")
-    data: Path | None = option(None, "Labelled images (one folder per class, or with --labels-file): --fallback "
-                                     "and --method auto then target top-1 on them.")
-    labels_file: Path | None = option(None, "'file label' lines or CSV for a flat --data folder.")
-    limit: int = option(256, "Labelled images used (a seeded subset spread over the classes).", min=1)
-    max_drop: float = option(1.0, "With --data: the largest top-1 drop (points) against the FP32 graph.", min=0.0)
-    max_fallback: int | None = option(None, "--fallback auto keeps at most this many site groups in FP16 (default: "
-                                            "as many as it takes).", min=1)
+    data: Path | None = option(None, "Labelled images: one folder per class (ImageFolder), or a flat folder with "
+                                     "--labels-file.")
+    labels_file: Path | None = option(None, "'file label' lines or CSV (ImageNet's validation layout) for a flat "
+                                            "--data folder; labels: class names, synsets or indices.")
+    limit: int | None = option(None, "Use a seeded subset of this many labelled images, spread over the classes "
+                                     "(default: all for evaluate, 64 for debug, 256 for quantize).", min=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.labels_file is not None and self.data is None:
             raise FvdeployError("--labels-file goes with --data")
+
+    def limit_or(self, default: int | None) -> int | None:
+        """The subset size: the one given, else the command's own default."""
+        return self.limit if self.limit is not None else default
+
+
+@dataclass(frozen=True)
+class AccuracyTarget(LabelledData):
+    """What a quantized graph must keep: the tolerances (a Tolerance group), and accuracy on labelled images."""
+
+    PANEL = "Accuracy target"
+
+    # quantize's trials run every candidate graph on the subset: 256 images keep a trial to seconds
+    DEFAULT_LIMIT: ClassVar[int] = 256
+
+    fallback: Fallback = option(Fallback.off, "auto: when the INT8 graph misses the tolerances (or --max-drop on "
+                                              "--data), keep its most sensitive site groups in FP16 until it meets them.")
+    max_drop: float = option(1.0, "With --data: the largest top-1 drop (points) against the FP32 graph.", min=0.0)
+    max_fallback: int | None = option(None, "--fallback auto keeps at most this many site groups in FP16 (default: "
+                                            "as many as it takes).", min=1)
+
+
+class TensorRTRuntime(Choice):
+    """The runtime an engine is built with and runs in (tensorrt/runtimes.py: what differs between them)."""
+
+    tensorrt = "tensorrt"
+    tensorrt_rtx = "tensorrt-rtx"
+
+
+def _capabilities(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``"8.9,12.0"`` (or a repeated option's list) → ``("8.9", "12.0")``."""
+    if not text:
+        return ()
+    parts = [text] if isinstance(text, str) else list(text)
+    words = tuple(w for part in parts for w in str(part).replace(",", " ").split())
+    for word in words:
+        major, _, minor = word.partition(".")
+        if not (major.isdigit() and minor.isdigit()):
+            raise FvdeployError(f"--compute-capability takes MAJOR.MINOR values such as 8.9 or 12.0, got {word!r}")
+    return words
 
 
 @dataclass(frozen=True)
@@ -254,6 +287,15 @@ class BuilderOptions(OptionGroup):
 
     PANEL = "TensorRT builder"
 
+    runtime: TensorRTRuntime = option(TensorRTRuntime.tensorrt, "tensorrt: an engine for TensorRT (and Triton) on this "
+                                                                "machine's GPU; tensorrt-rtx: an engine for TensorRT "
+                                                                "for RTX, built ahead of time for --compute-capability "
+                                                                "(no GPU needed to build; it runs only in TensorRT for "
+                                                                "RTX).")
+    compute_capability: tuple[str, ...] = option(
+        (), "TensorRT for RTX: the GPUs' compute capabilities, comma-separated (several make one engine for all), "
+            "e.g. 8.9 or 8.9,12.0 (default with a GPU: this GPU's).", cli_type=str, metavar="CC[,CC...]",
+        parse=_capabilities, text=lambda caps: [",".join(caps)])
     timing_cache: Path | None = option(None, "Timing cache file: loaded if present, saved after.")
     workspace: float | None = option(None, "Workspace memory limit in GiB.", min=0.0)
     opt_level: int | None = option(None, "Builder optimization level (TensorRT's default 3).", min=0, max=5)
@@ -261,8 +303,7 @@ class BuilderOptions(OptionGroup):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
-            raise FvdeployError("--opt-level must be 0..5")
+        object.__setattr__(self, "compute_capability", _capabilities(self.compute_capability))
         if self.workspace is not None and self.workspace <= 0:
             raise FvdeployError("--workspace must be positive (GiB)")
 
@@ -315,8 +356,6 @@ class CoreMLOptions(OptionGroup):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_batch < 1:
-            raise FvdeployError("--max-batch must be at least 1")
         if self.precision not in self.declaration("precision").choices:
             raise FvdeployError(f"Core ML computes in fp16 or fp32, not {self.precision}")
         if self.resolutions and self.deployment_target not in MULTIFUNCTION_TARGETS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -101,5 +101,5 @@ def run_parity(reference: Callable[[np.ndarray], Outputs], candidate: Runner, ba
     overall = merge([o["overall"] for o in outputs.values()]) if len(outputs) > 1 else next(iter(outputs.values()))["overall"]
     if len(outputs) > 1:  # samples count images, not outputs
         overall["samples"] = next(iter(outputs.values()))["overall"]["samples"]
-    return {"outputs": outputs, "overall": overall, "tolerance": asdict(tol), "passed": not problems,
+    return {"outputs": outputs, "overall": overall, "tolerance": tol.to_dict(), "passed": not problems,
             "failures": problems}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 from .declare import Choice, OptionGroup, option
 
@@ -17,6 +17,10 @@ class Precision(Choice):
     def quantized(self) -> bool:
         """Q/DQ graphs (calibrated scales)."""
         return self in (Precision.int8, Precision.fp8)
+
+
+# Op types every FP16, INT8 and FP8 graph computes in fp32 (the precision policy's rule 6: LayerNorm statistics).
+FP32_OPS = ("LayerNormalization",)
 
 
 class QuantTarget(Choice):
@@ -36,10 +40,10 @@ class Tolerance(OptionGroup):
 
     def override(self, other: "Tolerance") -> "Tolerance":
         """``other``'s values where it has one (command-line overrides over per-precision defaults)."""
-        return replace(self, **{k: v for k, v in asdict(other).items() if v is not None})
+        return replace(self, **{k: v for k, v in other.values().items() if v is not None})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.values()
 
 
 # fp32 must match to rounding; reduced precisions are judged by direction (cosine) and decisions.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .. import __version__
+from ..version import __version__
 from ..system.errors import FvdeployError
 from ..system.files import published_path, sha256
 from .declare import Choice
@@ -36,7 +36,7 @@ from .tensors import TensorSpec
 RECORD_VERSION = 2
 RECORD_KEY = "fvdeploy.record"
 TOOL_PACKAGES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim", "onnxsim", "numpy", "coremltools",
-                 "tensorrt", "nvidia-modelopt")
+                 "tensorrt", "tensorrt-rtx-cu12", "tensorrt-rtx-cu13", "nvidia-modelopt")
 
 
 class FormatKey(Choice):
@@ -44,6 +44,7 @@ class FormatKey(Choice):
 
     onnx = "onnx"
     tensorrt = "tensorrt"
+    tensorrt_rtx = "tensorrt-rtx"
     coreml = "coreml"
 
 
@@ -55,7 +56,6 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-TRITON_RECORD = "fvdeploy.json"  # the record in each Triton model folder fvdeploy writes
 
 
 def sidecar_path(artifact: str | Path) -> Path:
@@ -227,8 +227,14 @@ def write_sidecar(tmp: Path, record: ArtifactRecord) -> ArtifactRecord:
     files = {p.name: sha256(p) for p in [tmp, *companions(tmp)]}
     record = record.replace(files=files, tools=tool_versions(),
                             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    base = published_path(tmp).parent
-    sidecar_path(tmp).write_text(json.dumps(record.to_dict(base), indent=2, default=_jsonable) + "\n")
+    return write_record(tmp, record, published_path(tmp).parent)
+
+
+def write_record(artifact: Path, record: ArtifactRecord, base: Path) -> ArtifactRecord:
+    """``<artifact>.json``: the record as it is (its files already named and hashed), paths relative to ``base``,
+    the folder the artifact is published in. Every sidecar fvdeploy writes goes through here (a Triton model
+    folder's copy of an artifact too)."""
+    sidecar_path(artifact).write_text(json.dumps(record.to_dict(base), indent=2, default=_jsonable) + "\n")
     return record
 
 

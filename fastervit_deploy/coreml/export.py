@@ -20,7 +20,7 @@ from torch import nn
 
 from fastervit import FasterViT
 
-from .. import __version__
+from ..version import __version__
 from ..core.checks import CheckReport, Finding
 from ..core.finish import finish
 from ..core.model_spec import ModelDescription

@@ -1,4 +1,4 @@
-"""`fvdeploy coreml` as a plan stage (light: formats.FORMATS names the converter that does the work, in export.py, which needs coremltools)."""
+"""`fvdeploy coreml` as a plan stage (light: plan.CONVERTERS names the converter that does the work, in export.py, which needs coremltools)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.options import RunOptions
 from ..core.record import ArtifactRecord
 from ..core.runner import Outputs, Runner
 from ..system.errors import MissingDependency
@@ -14,6 +15,11 @@ from ..system.optional import coreml_predict_missing, import_coremltools
 
 class CoreMLRunner(Runner):
     name = "coreml"
+
+    @classmethod
+    def open(cls, path: Path, record: ArtifactRecord, opts: RunOptions) -> "CoreMLRunner":
+        """The runner the format table opens (``formats.Format.runner``)."""
+        return cls(path, record)
 
     def __init__(self, path: str | Path, record: ArtifactRecord) -> None:
         # The package takes RGB pixels; the runner takes what every runner takes, the normalised batch.

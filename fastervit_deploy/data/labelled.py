@@ -13,13 +13,14 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
 from ..core.classes import ClassMap
+from ..core.model_spec import ModelDescription
 from ..system.errors import FvdeployError
-from .images import IMAGE_SUFFIXES, list_images
+from .images import IMAGE_SUFFIXES, list_images, preprocess, readable_images, skipped_text
 
 SAMPLE_SEED = 0
 
@@ -156,3 +157,30 @@ def open_labelled(root: Path, class_map: ClassMap, labels_file: Path | None = No
         files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
     return LabelledImages(root, layout, tuple(files), tuple(labels), mapping, len(labels) if sample is None else
                           sample["of"], sample)
+
+
+@dataclass
+class LabelledBatch:
+    """Labelled images preprocessed for one model, in memory (quantize's trials and debug's sensitivity measure
+    accuracy on them), and the FP32 graph's top-1 on them once measured."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    fp32_top1: float = 0.0
+
+    @classmethod
+    def read(cls, folder: Path, labels_file: Path | None, limit: int | None, desc: ModelDescription,
+             note: Callable[[str], None]) -> "LabelledBatch":
+        """``--data``: the labelled images (a seeded subset with ``limit``), preprocessed once for ``desc``;
+        unreadable files are skipped and told to ``note``."""
+        data = open_labelled(folder, ClassMap.of(desc.config.num_classes, desc.class_names), labels_file, limit)
+        skipped: list[str] = []
+        arrays, labels, pending = [], [], iter(zip(data.files, data.labels))
+        for path, img in readable_images(data.files, skipped):  # in order: each image decoded, then let go
+            arrays.append(preprocess(img, desc.resolution, desc.preprocessing))
+            labels.append(next(label for file, label in pending if file == path))  # past the skipped ones
+        if not arrays:
+            raise FvdeployError(f"no readable image in {folder}" + (f" ({skipped[0]})" if skipped else ""))
+        if skipped:
+            note(f"{folder}: {skipped_text(skipped)}")
+        return cls(np.stack(arrays), np.asarray(labels))

@@ -20,7 +20,9 @@ from ..core.dtypes import from_onnx
 from ..core.record import RECORD_KEY
 from ..system.errors import FvdeployError
 from .graph import Graph
-from .policy import check_precision, check_qdq, graph_scheme, lowered
+from .patterns import AttentionBlock, attention_blocks
+from .policy import graph_scheme
+from .policy_checks import check_precision, check_qdq, lowered
 
 # Ops the TensorRT 10/11 ONNX parser maps to native layers, restricted to what image models use.
 TRT_NATIVE_OPS = frozenset("""
@@ -49,10 +51,12 @@ class GraphReport(CheckReport):
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
     attention_blocks: int = 0
+    target: str | None = None  # what the graph's record says it is made for (None: TensorRT-friendly export)
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "path": self.path, "opset": self.opset, "nodes": self.nodes, "ops": self.ops,
-                "inputs": self.inputs, "outputs": self.outputs, "attention_blocks": self.attention_blocks}
+                "inputs": self.inputs, "outputs": self.outputs, "attention_blocks": self.attention_blocks,
+                "target": self.target}
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list:
@@ -109,37 +113,35 @@ def check_rank(g: Graph) -> Finding:
 
 
 def find_attention(g: Graph) -> tuple[int, list[str]]:
-    """Count Mul(q, scale) → MatMul → Add(constant bias) → Softmax → MatMul chains; list the others."""
+    """Count Mul(q, scale) → MatMul → Add(constant bias) → Softmax → MatMul blocks; list the others with why."""
     good, bad = 0, []
-    for sm in (n for n in g.nodes if n.op_type == "Softmax"):
-        add = g.source(sm.input[0])
-        why = None
-        if add is None or add.op_type != "Add":
-            why = "no bias Add before Softmax"
-        else:
-            mm_in = [i for i in add.input if not g.is_constant(i)]
-            bias_in = [i for i in add.input if g.is_constant(i)]
-            mm = g.source(mm_in[0]) if len(mm_in) == 1 else None
-            if not bias_in:
-                why = "bias is not a constant"
-            elif mm is not None and mm.op_type == "Mul" and any(
-                (g.source(i) is not None and g.source(i).op_type == "MatMul") for i in mm.input
-            ):
-                why = "scale is applied after q·kᵀ (TensorRT's MHA fusion wants it on q or k)"
-            elif mm is None or mm.op_type != "MatMul":
-                why = "no MatMul before the bias Add"
-            else:
-                scaled = [g.source(i) for i in mm.input]
-                if not any(s is not None and s.op_type == "Mul" and any(g.constant_size(x) == 1 for x in s.input)
-                           for s in scaled):
-                    why = "scale is not applied to q or k before q·kᵀ"
-        if why is None and not any(c.op_type == "MatMul" for o in sm.output for c in g.consumers_through(o)):
-            why = "Softmax does not feed a MatMul"
+    for block in attention_blocks(g):
+        why = _off_pattern(g, block)
         if why is None:
             good += 1
         else:
-            bad.append(f"{sm.name or sm.output[0]}: {why}")
+            bad.append(f"{block.softmax.name or block.softmax.output[0]}: {why}")
     return good, bad
+
+
+def _off_pattern(g: Graph, block: AttentionBlock) -> str | None:
+    """Why an attention block is not the form TensorRT's MHA fusion takes, or None."""
+    add, mm = block.bias_add, block.scores
+    if add is None:
+        return "no bias Add before Softmax"
+    if not any(g.is_constant(i) for i in add.input):
+        return "bias is not a constant"
+    if mm is not None and mm.op_type == "Mul" and any(
+            g.source(i) is not None and g.source(i).op_type == "MatMul" for i in mm.input):
+        return "scale is applied after q·kᵀ (TensorRT's MHA fusion wants it on q or k)"
+    if mm is None or mm.op_type != "MatMul":
+        return "no MatMul before the bias Add"
+    if not any(s is not None and s.op_type == "Mul" and any(g.constant_size(x) == 1 for x in s.input)
+               for s in (g.source(i) for i in mm.input)):
+        return "scale is not applied to q or k before q·kᵀ"
+    if not block.values:
+        return "Softmax does not feed a MatMul"
+    return None
 
 
 def check_attention(g: Graph) -> tuple[Finding, int]:
@@ -197,6 +199,7 @@ def inspect_model(model: onnx.ModelProto, path: str | Path = "", expect: str | N
     attention, report.attention_blocks = check_attention(g)
     report.findings.insert(4, attention)
     recorded = recorded_identity(model)
+    report.target = recorded.get("target")
     expect = expect or recorded.get("precision")
     has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.nodes)
     scheme = graph_scheme(model, recorded) if has_qdq else None

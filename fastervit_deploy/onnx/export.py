@@ -20,6 +20,7 @@ from ..core.record import ArtifactRecord, FormatKey
 from ..core.reference import TorchRunner
 from ..data.images import batch_of, load_batch
 from ..graph.inspect import inspect_model
+from ..tensorrt.parser import with_parser
 from ..system.errors import FvdeployError, MissingDependency
 from ..system.files import atomic_output
 from ..system.progress import Steps
@@ -127,4 +128,4 @@ def export_onnx(job: ExportJob, steps: Steps) -> ArtifactRecord:
 
 def check_onnx(path: Path):
     """The graph check `inspect` runs, on the file as written (structure only: no external data)."""
-    return inspect_model(onnx.load(str(path), load_external_data=False), path)
+    return with_parser(inspect_model(onnx.load(str(path), load_external_data=False), path), path)

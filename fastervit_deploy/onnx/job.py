@@ -1,4 +1,4 @@
-"""`fvdeploy export-onnx` as a plan stage: everything it does, resolved (light: formats.FORMATS names the converter that does the work, in export.py)."""
+"""`fvdeploy export-onnx` as a plan stage: everything it does, resolved (light: plan.CONVERTERS names the converter that does the work, in export.py)."""
 
 from __future__ import annotations
 

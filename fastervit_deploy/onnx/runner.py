@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.dtypes import from_ort
-from ..core.options import Provider
+from ..core.options import Provider, RunOptions
 from ..core.precision import Precision
 from ..core.record import ArtifactRecord
 from ..core.runner import Outputs, Runner
@@ -61,6 +61,11 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
         if self.provider is not Provider.cpu:
             self.name = f"onnxruntime-{self.provider.value}"
+
+    @classmethod
+    def open(cls, path: Path, record: ArtifactRecord, opts: RunOptions) -> "OnnxRuntimeRunner":
+        """The runner the format table opens (``formats.Format.runner``)."""
+        return cls(path, record, opts.provider, opts.threads, spinning=opts.spinning)
 
     def activate(self) -> None:
         import onnxruntime as ort

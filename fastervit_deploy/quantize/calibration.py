@@ -219,12 +219,11 @@ def calibration_files(folder: Path, limit: int) -> tuple[list[Path], dict]:
     return files, sample
 
 
-def calibrate(model_path: Path, needed: set[str], folder: Path, chosen: tuple[list[Path], dict], size: tuple[int, int],
+def calibrate(model: onnx.ModelProto, model_path: Path, needed: set[str], folder: Path, chosen: tuple[list[Path], dict], size: tuple[int, int],
               pre: Preprocessing, method: CalibrationMethod, workdir: Path, note: Callable[[str], None],
               symmetric: bool = True, advance: Callable[[int], None] = lambda n: None) -> Calibration:
     """Ranges of the ``needed`` activation tensors from the ``chosen`` images of ``folder`` (``calibration_files``),
-    streamed in chunks (``advance``: images done)."""
-    model = onnx.load(str(model_path), load_external_data=False)
+    streamed in chunks (``advance``: images done). ``model``: the graph at ``model_path``, already loaded."""
     files, sample = chosen
     if sample["chosen"] < sample["of"]:
         note(f"calibrating on a sample of {sample['chosen']} of the {sample['of']} images in {folder}, spread over "

@@ -25,28 +25,31 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from rich.console import Console
 
 from ..core.finish import finish
-from ..core.options import DEFAULT_FP32_OPS, CalibrationMethod, CalibrationOptions, Fallback, QuantBackend
+from ..core.options import AccuracyTarget, CalibrationMethod, CalibrationOptions, Fallback, QuantBackend
 from ..core.parity import ParityJob, describe
-from ..core.precision import TOLERANCES, Precision, QuantTarget
+from ..core.precision import FP32_OPS, TOLERANCES, Precision, QuantTarget
 from ..core.record import ArtifactRecord, RecordedArtifact, read_artifact
 from ..data.images import batch_of, load_batch
 from ..graph.inspect import inspect_model
-from ..graph.policy import Placement, Scheme, SiteGroup, compute_precisions, enforce, plan_placement, scheme_for
+from ..tensorrt.parser import with_parser
+from ..graph.placement import Placement, SiteGroup, enforce, plan_placement
+from ..graph.policy import Scheme, scheme_for
+from ..graph.policy_checks import compute_precisions
 from ..onnx import metadata
 from ..onnx.runner import OnnxRuntimeRunner
 from ..system.errors import CheckFailed, FvdeployError, MissingDependency
 from ..system.files import atomic_output, write_text_atomic
 from ..system.machine import cpu
-from ..system.progress import Steps, console, progress_bar
+from ..system.progress import Steps
 from ..system.resources import release_memory
 from ..system.workers import in_child_process
 from .calibration import Calibration, Ranges, cache_text, calibrate, calibration_files, read_cache, symmetric_scales
 from .fp16 import convert_to_fp16, float_types, lower_float_part, quiet_modelopt
 from .job import QuantizeJob, refuse_backend
-from .trials import Labelled, Scorer, greedy_fallback, sensitivity, timed, with_scales
+from ..data.labelled import LabelledBatch
+from .trials import Scorer, greedy_fallback, sensitivity, timed, with_scales
 
 EVAL_IMAGES = 8  # images the parity figures against the FP32 graph use
 
@@ -55,21 +58,21 @@ def modelopt_available() -> bool:
     return importlib.util.find_spec("modelopt") is not None and importlib.util.find_spec("onnx_graphsurgeon") is not None
 
 
-def choose_backend(opts: CalibrationOptions, scheme: Scheme) -> str:
+def choose_backend(opts: CalibrationOptions, scheme: Scheme) -> QuantBackend:
     """The backend that writes this scheme: ModelOpt or onnxruntime for TensorRT INT8, ModelOpt for FP8 (its
     int8_to_fp8), onnxruntime for its own CPU kernels."""
     refuse_backend(scheme, opts.backend)
     if scheme.target is QuantTarget.onnxruntime_cpu:
-        return "onnxruntime"
+        return QuantBackend.onnxruntime
     if scheme.precision is Precision.fp8:
         if not modelopt_available():
             raise MissingDependency("--fp8 needs nvidia-modelopt and onnx_graphsurgeon (`make install` installs them)")
-        return "modelopt"
+        return QuantBackend.modelopt
     if opts.backend is QuantBackend.modelopt and not modelopt_available():
         raise MissingDependency("--backend modelopt needs nvidia-modelopt and onnx_graphsurgeon (see README)")
     if opts.backend is not QuantBackend.auto:
-        return opts.backend.value
-    return "modelopt" if modelopt_available() else "onnxruntime"
+        return opts.backend
+    return QuantBackend.modelopt if modelopt_available() else QuantBackend.onnxruntime
 
 
 def activation_tensors(model: onnx.ModelProto, placement: Placement, scheme: Scheme) -> set[str]:
@@ -162,13 +165,13 @@ def _version(package: str) -> str | None:
 def calibration_method(job: QuantizeJob) -> CalibrationMethod:
     """The method asked for; FP8 defaults to max (E4M3's range keeps the largest values; ModelOpt's FP8 conversion
     is made for max-calibrated scales)."""
-    if job.precision is Precision.fp8 and "method" not in job.calibration.changed():
+    if job.precision is Precision.fp8 and "method" not in job.calibration.given:
         return CalibrationMethod.max
     return job.calibration.method
 
 
-def ranges_for(job: QuantizeJob, scheme: Scheme, needed: set[str], src: ArtifactRecord, workdir: Path,
-               steps: Steps) -> Calibration:
+def ranges_for(job: QuantizeJob, scheme: Scheme, source: onnx.ModelProto, needed: set[str], src: ArtifactRecord,
+               workdir: Path, steps: Steps) -> Calibration:
     opts = job.calibration
     if opts.cache_hit:
         calibration = read_cache(opts.calib_cache, needed)  # refused unless complete for this graph
@@ -180,20 +183,20 @@ def ranges_for(job: QuantizeJob, scheme: Scheme, needed: set[str], src: Artifact
     chosen = calibration_files(Path(opts.calib_dir), opts.calib_images)
     with steps.counted(f"calibrating on images from {opts.calib_dir} ({method.value}, streamed)", len(chosen[0]),
                        "images") as advance:
-        return calibrate(workdir / "source.onnx", needed, Path(opts.calib_dir), chosen, src.model.resolution,
+        return calibrate(source, workdir / "source.onnx", needed, Path(opts.calib_dir), chosen, src.model.resolution,
                          src.model.preprocessing, method, workdir, steps.note, symmetric=scheme.symmetric_activations,
                          advance=advance)
 
 
 def write_qdq(job: QuantizeJob, scheme: Scheme, workdir: Path, tmp: Path, placement: Placement, ranges: Ranges,
-              steps: Steps) -> str:
+              steps: Steps) -> QuantBackend:
     """The scheme's Q/DQ graph of the workdir's source copy, from these ranges and this placement, into ``tmp``."""
     backend = choose_backend(job.calibration, scheme)
     what = (f"{len(placement.weighted)} weighted ops" + (f", {len(placement.attention)} attention MatMuls"
                                                          if placement.attention else "")
             + (f", {len(placement.residual_adds)} residual adds" if scheme.residual_adds else ""))
     with steps(f"{scheme.precision.upper()} Q/DQ for {scheme.target} with {backend} ({what})"):
-        if backend == "modelopt":
+        if backend is QuantBackend.modelopt:
             cache = workdir / "scales.cache"
             cache.write_text(cache_text(symmetric_scales(ranges)))  # INT8 scales: FP8's follow as ModelOpt's do
             release_memory()  # the worker's peak adds to ours
@@ -218,7 +221,7 @@ def choose_method(job: QuantizeJob, scheme: Scheme, tmp: Path, placement: Placem
             if scheme.symmetric_activations:
                 graphs[method] = with_scales(written, symmetric_scales(ranges, scheme.qmax))
             else:
-                write_qdq(job, scheme, tmp.parent, tmp, placement, ranges, Steps(Console(quiet=True)))
+                write_qdq(job, scheme, tmp.parent, tmp, placement, ranges, steps.quiet())
                 graphs[method] = onnx.load(str(tmp))
         figures = {m: timed(lambda m=m: scorer.score(graphs[m])) for m in graphs}
     best = max(figures, key=lambda m: Scorer.goodness(figures[m]))
@@ -229,10 +232,10 @@ def choose_method(job: QuantizeJob, scheme: Scheme, tmp: Path, placement: Placem
     return {"chosen": best, "methods": figures}
 
 
-def fallback(job: QuantizeJob, tmp: Path, workdir: Path, placement: Placement, scorer: Scorer,
+def fallback(job: QuantizeJob, tmp: Path, fp32: onnx.ModelProto, placement: Placement, scorer: Scorer,
              steps: Steps) -> tuple[list[SiteGroup], dict]:
     """--fallback auto: the site groups to keep in the float part (none if the graph meets the target)."""
-    quantized, fp32 = onnx.load(str(tmp)), onnx.load(str(workdir / "source.onnx"))
+    quantized = onnx.load(str(tmp))
     full = timed(lambda: scorer.score(quantized))
     if full["meets"]:
         steps.note(f"--fallback auto: the quantized graph meets the target ({describe(full)})")
@@ -242,7 +245,7 @@ def fallback(job: QuantizeJob, tmp: Path, workdir: Path, placement: Placement, s
     steps.note(f"--fallback auto: the quantized graph misses the target ({'; '.join(full['failures']) or describe(full)}); "
                f"{len(groups)} sensitivity trials, then at most {greedy} greedy ones, about "
                f"{full['seconds'] * (len(groups) + greedy):.0f} s (scales reused: no recalibration)")
-    with progress_bar(console, unit="trials") as bar:
+    with steps.bar(unit="trials") as bar:
         task = bar.add_task("site sensitivity", total=len(groups))
         ranked = sensitivity(quantized, fp32, groups, scorer, lambda n: bar.update(task, completed=n))
         task = bar.add_task("greedy fallback", total=greedy)
@@ -269,17 +272,16 @@ def quantize_qdq(job: QuantizeJob, scheme: Scheme, tmp: Path, src: ArtifactRecor
     """Write the scheme's Q/DQ graph to ``tmp``; return the record's details and the ops kept out."""
     workdir = tmp.parent
     shutil.copyfile(job.source, workdir / "source.onnx")  # backends may write beside their input: never the user's
-    model = onnx.load(str(workdir / "source.onnx"))
-    placement = plan_placement(model, scheme, job.calibration.exclude)
+    source = onnx.load(str(workdir / "source.onnx"))  # the one load of the source graph here
+    placement = plan_placement(source, scheme, job.calibration.exclude)
     if not placement.ops:
         raise FvdeployError("no node left to quantize (every candidate is excluded)")
-    needed = activation_tensors(model, placement, scheme)
-    del model  # the backends and the trials load their own copies
-    calibration = ranges_for(job, scheme, needed, src, workdir, steps)
+    needed = activation_tensors(source, placement, scheme)
+    calibration = ranges_for(job, scheme, source, needed, src, workdir, steps)
     start = time.perf_counter()
     backend = write_qdq(job, scheme, workdir, tmp, placement, calibration.ranges, steps)
     details = {"scheme": scheme.key, "backend": backend,
-               "backend_version": _version("nvidia-modelopt" if backend == "modelopt" else "onnxruntime"),
+               "backend_version": _version("nvidia-modelopt" if backend is QuantBackend.modelopt else "onnxruntime"),
                "calibration": {"source": calibration.source, **calibration.facts,
                                "cache": str(job.calibration.calib_cache) if job.calibration.calib_cache else None,
                                "folder": str(job.calibration.calib_dir) if job.calibration.calib_dir else None}}
@@ -290,9 +292,9 @@ def quantize_qdq(job: QuantizeJob, scheme: Scheme, tmp: Path, src: ArtifactRecor
     if job.calibration.calib_cache is not None and not job.calibration.cache_hit:
         write_text_atomic(Path(job.calibration.calib_cache), cache_text(calibration.scales))
     if job.accuracy.fallback is Fallback.auto:
-        kept, details["fallback"] = fallback(job, tmp, workdir, placement, scorer, steps)
+        kept, details["fallback"] = fallback(job, tmp, source, placement, scorer, steps)
         if kept:  # the real graph with those groups excluded, from the same ranges
-            placement = plan_placement(onnx.load(str(workdir / "source.onnx")), scheme,
+            placement = plan_placement(source, scheme,
                                        (*job.calibration.exclude, *(g.op for g in kept)))
             write_qdq(job, scheme, workdir, tmp, placement, calibration.ranges, steps)
     details["placement"] = {"ops": len(placement.ops), "weighted_ops": len(placement.weighted),
@@ -310,7 +312,8 @@ def quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
     tolerance = TOLERANCES[job.precision].override(job.tolerance)
     with steps("the FP32 graph on real images"):
         images = batch_of(load_batch(src.model.resolution, src.model.preprocessing, job.images.images), EVAL_IMAGES)
-        labelled = (Labelled.read(job.accuracy.data, job.accuracy.labels_file, job.accuracy.limit, src.model, steps.note)
+        labelled = (LabelledBatch.read(job.accuracy.data, job.accuracy.labels_file,
+                                  job.accuracy.limit_or(AccuracyTarget.DEFAULT_LIMIT), src.model, steps.note)
                     if job.accuracy.data is not None else None)
         with OnnxRuntimeRunner(job.source, src) as fp32:
             references = fp32.infer(images)
@@ -334,7 +337,7 @@ def quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
         # fp32 beyond LayerNorm: the op types asked for, and in FP16 graphs AutoCast's overflow guard
         # (nodes whose reference values left fp16's safe range). Anything else fails the precision check.
         kept = [n for n, (op, kind) in compute_precisions(result).items()
-                if float_part == "fp16" and kind == "fp32" and op not in DEFAULT_FP32_OPS
+                if float_part == "fp16" and kind == "fp32" and op not in FP32_OPS
                 and (scheme is None or op in keep_fp32)]
         details["lowering"] = ({"converter": "modelopt-autocast", "version": _version("nvidia-modelopt"),
                                 "kept_fp32_ops": list(keep_fp32), "kept_fp32_nodes": kept} if float_part == "fp16"
@@ -349,4 +352,4 @@ def quantize(job: QuantizeJob, steps: Steps) -> ArtifactRecord:
         parity = ParityJob(f"comparing {job.precision} with the FP32 graph on real images",
                            lambda path: OnnxRuntimeRunner(path, record), lambda _: references, [images], tolerance)
         return finish(tmp, record, steps, parity=parity,
-                      check=lambda path: inspect_model(onnx.load(str(path)), path, expect=job.precision))
+                      check=lambda path: with_parser(inspect_model(onnx.load(str(path)), path, expect=job.precision), path))

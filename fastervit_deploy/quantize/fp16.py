@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from ..core.dtypes import onnx_precision
-from ..core.options import DEFAULT_FP32_OPS
+from ..core.precision import FP32_OPS
 from ..system.errors import MissingDependency
 
 
@@ -51,7 +51,7 @@ def _autocast():
 
 
 def convert_to_fp16(source: Path, reference: np.ndarray, workdir: Path,
-                    keep_fp32: tuple[str, ...] = DEFAULT_FP32_OPS) -> onnx.ModelProto:
+                    keep_fp32: tuple[str, ...] = FP32_OPS) -> onnx.ModelProto:
     """The FP16 graph of ``source``; ``reference`` (real inputs) drives AutoCast's overflow guard."""
     model = onnx.load(str(source), load_external_data=False)
     data = workdir / "reference.npz"
@@ -63,7 +63,7 @@ def convert_to_fp16(source: Path, reference: np.ndarray, workdir: Path,
     return lowered
 
 
-def lower_float_part(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = DEFAULT_FP32_OPS) -> onnx.ModelProto:
+def lower_float_part(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = FP32_OPS) -> onnx.ModelProto:
     """A Q/DQ graph's float part to FP16 (``keep_fp32`` op types excepted), fp32 I/O kept."""
     with _autocast() as autocast:
         return autocast.convert_to_f16(model, keep_io_types=True, op_block_list=list(keep_fp32))

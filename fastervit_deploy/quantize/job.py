@@ -1,4 +1,4 @@
-"""`fvdeploy quantize` as a plan stage (light: formats.FORMATS names the converter that does the work, in convert.py)."""
+"""`fvdeploy quantize` as a plan stage (light: plan.CONVERTERS names the converter that does the work, in convert.py)."""
 
 from __future__ import annotations
 

@@ -22,16 +22,13 @@ import onnx
 from onnx import numpy_helper
 
 from ..core.accuracy import Tally
-from ..core.classes import ClassMap
-from ..core.model_spec import ModelDescription
 from ..core.parity import run_parity
 from ..core.precision import Tolerance
 from ..core.record import ArtifactRecord
 from ..core.tensors import class_output
-from ..data.images import preprocess, readable_images, skipped_text
-from ..data.labelled import open_labelled
+from ..data.labelled import LabelledBatch
 from ..graph.graph import CASTS, Graph
-from ..graph.policy import SiteGroup, drop_unused
+from ..graph.placement import SiteGroup, drop_unused
 from ..onnx.runner import OnnxRuntimeRunner
 from ..system.errors import FvdeployError
 
@@ -125,32 +122,6 @@ def with_scales(model: onnx.ModelProto, scales: dict[str, float]) -> onnx.ModelP
 
 
 @dataclass
-class Labelled:
-    """Labelled images a trial's accuracy is measured on, and the FP32 graph's top-1 on them."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    fp32_top1: float = 0.0
-
-    @classmethod
-    def read(cls, folder: Path, labels_file: Path | None, limit: int | None, desc: ModelDescription,
-             note: Callable[[str], None]) -> "Labelled":
-        """``--data``: the labelled images (a seeded subset with ``limit``), preprocessed once for ``desc``;
-        unreadable files are skipped and told to ``note``."""
-        data = open_labelled(folder, ClassMap.of(desc.config.num_classes, desc.class_names), labels_file, limit)
-        skipped: list[str] = []
-        arrays, labels, pending = [], [], iter(zip(data.files, data.labels))
-        for path, img in readable_images(data.files, skipped):  # in order: each image decoded, then let go
-            arrays.append(preprocess(img, desc.resolution, desc.preprocessing))
-            labels.append(next(label for file, label in pending if file == path))  # past the skipped ones
-        if not arrays:
-            raise FvdeployError(f"no readable image in {folder}" + (f" ({skipped[0]})" if skipped else ""))
-        if skipped:
-            note(f"{folder}: {skipped_text(skipped)}")
-        return cls(np.stack(arrays), np.asarray(labels))
-
-
-@dataclass
 class Scorer:
     """Figures of a trial graph on held-out images (vs the FP32 graph), and on labelled images if given."""
 
@@ -159,7 +130,7 @@ class Scorer:
     reference: dict[str, np.ndarray]  # the FP32 graph's outputs on ``images``
     tolerance: Tolerance
     workdir: Path
-    labelled: Labelled | None = None
+    labelled: LabelledBatch | None = None
     max_drop: float | None = None
     trials: int = field(default=0)
 
@@ -181,7 +152,7 @@ class Scorer:
         return figures
 
     @staticmethod
-    def top1(runner, labelled: Labelled, chunk: int = 32) -> float:
+    def top1(runner, labelled: LabelledBatch, chunk: int = 32) -> float:
         """Top-1 of an active runner on the labelled images (evaluate's counts)."""
         spec = class_output(runner.outputs)
         tally = Tally(spec.shape[0])

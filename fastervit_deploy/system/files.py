@@ -77,7 +77,7 @@ def check_output(path: Path, overwrite: bool, suffix: str | tuple[str, ...], pac
     ``overwrite``), or a folder that cannot be written. ``package``: the output is a folder artifact, and a
     folder holding this marker file is one. Leaves nothing behind (writability is probed with a file it removes)."""
     suffixes = (suffix,) if isinstance(suffix, str) else suffix
-    if path.suffix.lower() not in suffixes:
+    if not any(path.name.lower().endswith(s) for s in suffixes):  # suffixes of two parts too (.rtx.engine)
         raise FvdeployError(f"{what} must end in {' or '.join(suffixes)}, got {path.name}")
     refuse_inputs(path, inputs, what)
     if path.is_dir() and not path.is_symlink():

@@ -57,6 +57,14 @@ class Steps:
     def note(self, message: str) -> None:
         self.console.print(f"  {message}", markup=False, highlight=False, soft_wrap=True)
 
+    def bar(self, unit: str | None = None) -> Progress:
+        """A progress bar on this output, for work with several counted parts (e.g. trials in two phases)."""
+        return progress_bar(self.console, unit)
+
+    def quiet(self) -> "Steps":
+        """Steps that print nothing: a step run again inside another (its lines would repeat the outer one's)."""
+        return Steps(Console(quiet=True))
+
 
 class RateColumn(ProgressColumn):
     """Items per second (images/s), once rich has measured a rate."""

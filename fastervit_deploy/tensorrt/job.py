@@ -1,4 +1,5 @@
-"""`fvdeploy build-trt` as a plan stage (light: formats.FORMATS names the converter that does the work, in build.py, which needs TensorRT)."""
+"""`fvdeploy build-trt` as a plan stage (light: plan.CONVERTERS names the converter that does the work, in build.py,
+which needs a TensorRT runtime)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.options import BuilderOptions, OnnxSource, TunedBatchProfile
+from ..core.options import BuilderOptions, OnnxSource, TensorRTRuntime, TunedBatchProfile
+from ..core.record import FormatKey
 from .profile import Profile, trtexec_command
 
 if TYPE_CHECKING:
     from ..core.model_spec import ModelDescription
     from ..core.record import RecordedArtifact
+
+
+def engine_format(builder: BuilderOptions) -> FormatKey:
+    """The engine's format: a TensorRT for RTX engine is its own (it runs nowhere else)."""
+    return FormatKey.tensorrt_rtx if builder.runtime is TensorRTRuntime.tensorrt_rtx else FormatKey.tensorrt
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,10 @@ class BuildJob:
     builder: BuilderOptions = field(default_factory=BuilderOptions)
     overwrite: bool = False
     source_artifact: RecordedArtifact | None = field(default=None, compare=False)
+
+    @property
+    def format(self) -> FormatKey:
+        return engine_format(self.builder)
 
     @property
     def trt_profile(self) -> Profile:

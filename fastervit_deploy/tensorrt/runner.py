@@ -1,5 +1,6 @@
-"""A TensorRT engine as a runner: deserialized once; per call the input shape is set, torch CUDA tensors are
-bound and ``execute_async_v3`` runs on a stream (TensorRT 10 and 11)."""
+"""A TensorRT or TensorRT for RTX engine as a runner (the record names the runtime): deserialized once; per call
+the input shape is set, torch CUDA tensors are bound and ``execute_async_v3`` runs on a stream (TensorRT 10 and 11,
+TensorRT for RTX 1.x alike)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ..core.dtypes import from_tensorrt, torch_dtype
+from ..core.options import RunOptions
 from ..core.record import UNKNOWN_BATCH_RANGE, ArtifactRecord
 from ..core.runner import Outputs, Runner
-from ..system.errors import FvdeployError
-from ..system.optional import import_tensorrt
+from ..system.errors import FvdeployError, MissingDependency
+from .runtimes import RUNTIMES, RuntimeKey, missing_to_run
 
 
 class TensorRTRunner(Runner):
@@ -20,16 +22,29 @@ class TensorRTRunner(Runner):
     def __init__(self, path: str | Path, record: ArtifactRecord) -> None:
         super().__init__(record.inputs, record.outputs, record.batch_range)
         self.path = Path(path)
+        self.runtime_kind = RUNTIMES[RuntimeKey(record.details.get("runtime", RuntimeKey.tensorrt))]
+        self.name = self.runtime_kind.key.value
         self.engine = self.context = self.stream = None
+
+    @classmethod
+    def open(cls, path: Path, record: ArtifactRecord, opts: RunOptions) -> "TensorRTRunner":
+        """The runner the format table opens (``formats.Format.runner``); an engine this machine cannot run is said
+        now, in one line, before any reference is built for it."""
+        runner = cls(path, record)
+        why = missing_to_run(runner.runtime_kind.key)
+        if why:
+            raise MissingDependency(f"{Path(path).name} is a {runner.runtime_kind.title} engine: {why}")
+        return runner
 
     def activate(self) -> None:
         import torch
 
-        trt = self.trt = import_tensorrt()
+        kind = self.runtime_kind
+        trt = self.trt = kind.load()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise FvdeployError(f"TensorRT {trt.__version__} cannot load {self.path.name} (built by another TensorRT "
+            raise FvdeployError(f"{kind.title} {trt.__version__} cannot load {self.path.name} (built by another "
                                 "version or for another GPU?)")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -62,6 +77,6 @@ class TensorRTRunner(Runner):
             self.context.set_tensor_address(spec.name, outs[spec.name].data_ptr())
         self.stream.wait_stream(torch.cuda.current_stream())  # x was copied on the default stream
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise FvdeployError("TensorRT execution failed")
+            raise FvdeployError(f"{self.runtime_kind.title} execution failed")
         self.stream.synchronize()
         return {n: t.float().cpu().numpy() for n, t in outs.items()}

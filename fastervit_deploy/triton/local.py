@@ -79,7 +79,7 @@ def check_port(port: int) -> None:
 
 def check_servable(repository: Path) -> list[str]:
     """The repository's models, refused before the server starts unless the wheel's server can load every one."""
-    from .repository import parse_config
+    from .schema import parse_config
 
     repository = Path(repository)
     if not repository.is_dir():

@@ -23,9 +23,12 @@ from ..core.precision import TOLERANCES, Precision, QuantTarget, Tolerance
 from ..core.record import FormatKey
 from ..data.images import batch_of, load_batch
 from ..graph.graph import Graph
-from ..graph.policy import plan_placement, scheme_for, weight_input
+from ..graph.patterns import weight_input
+from ..graph.placement import plan_placement
+from ..graph.policy import scheme_for
 from ..onnx.runner import session_options
-from ..quantize.trials import Labelled, Scorer, sensitivity
+from ..data.labelled import LabelledBatch
+from ..quantize.trials import Scorer, sensitivity
 from ..system.errors import FvdeployError
 from ..system.figures import pyplot, save_png
 from ..system.progress import progress_bar
@@ -149,11 +152,11 @@ def _reference(candidate: Artifact, given: Path | None) -> Artifact:
 
 
 def _images(art: Artifact, images: Path | None, data: Path | None, labels_file: Path | None,
-            limit: int, note: Callable[[str], None]) -> tuple[np.ndarray, Labelled | None]:
+            limit: int, note: Callable[[str], None]) -> tuple[np.ndarray, LabelledBatch | None]:
     desc = art.model
     if data is None:
         return batch_of(load_batch(desc.resolution, desc.preprocessing, images, note=note), IMAGES), None
-    labelled = Labelled.read(data, labels_file, limit, desc, note)
+    labelled = LabelledBatch.read(data, labels_file, limit, desc, note)
     return labelled.images, labelled
 
 

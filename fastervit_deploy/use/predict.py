@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -11,12 +10,12 @@ from PIL import Image
 
 from ..artifact import Artifact, read_record
 from ..core.model_spec import ModelDescription
-from ..core.record import TRITON_RECORD, ArtifactRecord
 from ..core.options import RunOptions
 from ..core.runner import softmax
 from ..core.tensors import TensorKind, class_output
 from ..data.images import open_image, preprocess, readable_images, skipped_text
 from ..system.errors import FvdeployError
+from ..triton.model import CONFIG_FILE, served_record
 
 
 def probabilities(outputs: dict[str, np.ndarray], art: Artifact) -> np.ndarray:
@@ -43,12 +42,12 @@ def run_batches(runner, batch: np.ndarray, batch_range: tuple[int, int]):
 
 def model_of(artifact: str | Path | Artifact) -> ModelDescription:
     """The model an artifact holds, from its record: an artifact file, or a Triton model folder fvdeploy wrote
-    (its ``fvdeploy.json``)."""
+    (its served file's sidecar, checked like any artifact's)."""
     if isinstance(artifact, Artifact):
         return artifact.model
     path = Path(artifact)
-    if path.is_dir() and (path / TRITON_RECORD).is_file():
-        return ArtifactRecord.from_dict(json.loads((path / TRITON_RECORD).read_text()), path).model
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return served_record(path).record.model
     return read_record(path).model
 
 

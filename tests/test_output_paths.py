@@ -1,5 +1,5 @@
 """No output replaces a file without --overwrite, none is ever one of the command's inputs, and every output path
-is checked before the work (faults round 3: items 1, 2 and 5).
+is checked before the work.
 
 Each test makes the situation a user met, runs the real command, and re-reads the files afterwards: the input
 must be byte-for-byte what it was, and the refusal must come before any work (no step line printed)."""
@@ -12,23 +12,15 @@ from pathlib import Path
 import pytest
 
 from fastervit_deploy.core.record import sidecar_path
-from fastervit_deploy.data.images import skimage_photos
 from fastervit_deploy.system.files import TEMP_NAME_EXTRA
 
-from .helpers import assert_one_line_error, cli, export_tiny, tiny_checkpoint
+from .helpers import assert_one_line_error, cli, tiny_checkpoint
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outputs")
-    path, _ = export_tiny(root, filename="m.onnx", verify=False)
-    photo = root / "photo.png"
-    skimage_photos()[1].save(photo)
-    return path, photo
 
 
 def no_work_done(output: str) -> bool:
@@ -40,8 +32,8 @@ def no_work_done(output: str) -> bool:
     ["verify", "{m}", "--batch", "1", "--json", "{m}.json"],
     ["benchmark", "{m}", "--batch", "1", "--iterations", "1", "--no-pytorch", "--json", "{m}.json"],
 ])
-def test_a_report_never_replaces_the_artifacts_own_sidecar_even_with_overwrite(exported, command):
-    m, photo = exported
+def test_a_report_never_replaces_the_artifacts_own_sidecar_even_with_overwrite(tiny_onnx_and_photo, command):
+    m, photo = tiny_onnx_and_photo
     before = digest(sidecar_path(m))
     args = [a.format(m=m, photo=photo) for a in command]
     for extra in ([], ["--overwrite"]):
@@ -52,8 +44,8 @@ def test_a_report_never_replaces_the_artifacts_own_sidecar_even_with_overwrite(e
     assert cli("verify", m, "--batch", 1).exit_code == 0  # the record still describes the artifact
 
 
-def test_a_plot_replaces_an_existing_file_only_with_overwrite_and_never_an_input_through_a_link(exported, tmp_path):
-    m, photo = exported
+def test_a_plot_replaces_an_existing_file_only_with_overwrite_and_never_an_input_through_a_link(tiny_onnx_and_photo, tmp_path):
+    m, photo = tiny_onnx_and_photo
     kept = tmp_path / "photo.png"
     kept.write_bytes(photo.read_bytes())
     result = cli("benchmark", m, "--batch", 1, "--iterations", 1, "--no-pytorch", "--plot", kept)
@@ -71,15 +63,15 @@ def test_a_plot_replaces_an_existing_file_only_with_overwrite_and_never_an_input
     assert kept.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and kept.read_bytes() != photo.read_bytes()
 
 
-def test_two_reports_in_one_file_are_refused(exported, tmp_path):
-    m, _ = exported
+def test_two_reports_in_one_file_are_refused(tiny_onnx_and_photo, tmp_path):
+    m, _ = tiny_onnx_and_photo
     same = tmp_path / "a.png"
     assert_one_line_error(cli("evaluate", m, "--data", tmp_path, "--plot", same, "--speed", "--speed-plot", same),
                           r"--speed-plot .*a\.png is (one of this command's inputs|already another report's file)", 2)
 
 
-def test_no_artifact_output_is_one_of_its_inputs(exported, tmp_path):
-    m, _ = exported
+def test_no_artifact_output_is_one_of_its_inputs(tiny_onnx_and_photo, tmp_path):
+    m, _ = tiny_onnx_and_photo
     ckpt = tiny_checkpoint(tmp_path / "ck.onnx")  # a checkpoint that happens to end in .onnx
     before = digest(ckpt)
     for output in (ckpt, tmp_path / "link.onnx"):
@@ -93,8 +85,8 @@ def test_no_artifact_output_is_one_of_its_inputs(exported, tmp_path):
     assert_one_line_error(cli("quantize", m, "--fp16", "-o", m, "--overwrite"), r"output .*m\.onnx is one of", 2)
 
 
-def test_a_cache_that_cannot_be_written_is_refused_before_calibrating(exported, tmp_path):
-    m, photo = exported
+def test_a_cache_that_cannot_be_written_is_refused_before_calibrating(tiny_onnx_and_photo, tmp_path):
+    m, photo = tiny_onnx_and_photo
     calib = tmp_path / "calib"
     calib.mkdir()
     (calib / "a.png").write_bytes(photo.read_bytes())
@@ -118,8 +110,8 @@ def test_an_output_name_too_long_for_its_temporary_folder_is_refused_at_once(tmp
     assert (tmp_path / fits).is_file() and json.loads(sidecar_path(tmp_path / fits).read_text())["precision"] == "fp32"
 
 
-def test_no_record_names_the_temporary_folder_it_was_written_in(exported, tmp_path):
-    m, _ = exported
+def test_no_record_names_the_temporary_folder_it_was_written_in(tiny_onnx_and_photo, tmp_path):
+    m, _ = tiny_onnx_and_photo
     half = tmp_path / "m_fp16.onnx"
     assert cli("quantize", m, "--fp16", "-o", half).exit_code == 0
     for artifact in (m, half):

@@ -1,5 +1,5 @@
-"""Messages say what is so, advice runs as printed, and no library noise or traceback reaches the user (faults
-round 3: items 4, 8, 9, 10). Each case is what a new user met; every printed command line is run as printed."""
+"""Messages say what is so, advice runs as printed, and no library noise or traceback reaches the user. Each case
+is what a new user met; every printed command line is run as printed."""
 
 import json
 import os
@@ -22,11 +22,6 @@ from fastervit_deploy.data.images import skimage_photos
 from .helpers import FVDEPLOY, assert_one_line_error, cli, export_tiny, tiny_checkpoint
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("messages")
-    path, _ = export_tiny(root, filename="m.onnx", verify=False)
-    return path
 
 
 def photo_folder(folder: Path, good: int = 1, corrupt: bool = True) -> Path:
@@ -100,10 +95,10 @@ def test_a_nested_checkpoint_gets_the_prefix_that_fits_and_the_advice_runs(tmp_p
     assert read_record(tmp_path / "b.onnx").model.checkpoint.prefix == "backbone.0."
 
 
-def test_build_trt_names_the_existing_intermediate_to_build_from_and_that_line_runs(exported, tmp_path):
+def test_build_trt_names_the_existing_intermediate_to_build_from_and_that_line_runs(tiny_onnx, tmp_path):
     m = tmp_path / "m.onnx"
-    m.write_bytes(exported.read_bytes())
-    (tmp_path / "m.onnx.json").write_bytes(exported.with_name("m.onnx.json").read_bytes())
+    m.write_bytes(tiny_onnx.read_bytes())
+    (tmp_path / "m.onnx.json").write_bytes(tiny_onnx.with_name("m.onnx.json").read_bytes())
     made = cli("quantize", m, "--fp16", "--keep-fp32", "Softmax")  # another command's m_fp16.onnx
     assert made.exit_code == 0, made.output
     result = cli("build-trt", "--onnx", m, "--fp16")
@@ -132,9 +127,9 @@ def test_one_resolution_value_means_a_square_and_takes_nothing_after_it(tmp_path
     assert read_record(tmp_path / "r.onnx").model.resolution == (192, 192)
 
 
-def test_keep_fp32_adds_to_the_policys_layernorm(exported, tmp_path):
+def test_keep_fp32_adds_to_the_policys_layernorm(tiny_onnx, tmp_path):
     out = tmp_path / "h.onnx"
-    result = cli("quantize", exported, "--fp16", "--keep-fp32", "Softmax", "-o", out)
+    result = cli("quantize", tiny_onnx, "--fp16", "--keep-fp32", "Softmax", "-o", out)
     assert result.exit_code == 0, result.output  # before: the LayerNorms went FP16 and the policy check failed
     # The written graph re-opened, its types inferred by onnx (not by the policy code quantize checked itself with).
     model = onnx.shape_inference.infer_shapes(onnx.load(str(out)))
@@ -162,20 +157,20 @@ def test_inspect_names_what_it_was_given_and_fails_on_missing_external_data(tmp_
     assert missing.exit_code == 1 and not finding["ok"] and finding["detail"] == "e.onnx.data is missing"
 
 
-def test_predict_reads_a_folder_and_says_which_files_it_skipped(exported, tmp_path):
+def test_predict_reads_a_folder_and_says_which_files_it_skipped(tiny_onnx, tmp_path):
     folder = photo_folder(tmp_path / "photos", good=2)
     out = tmp_path / "p.json"
-    result = cli("predict", exported, folder, "--top", 1, "--json", out)
+    result = cli("predict", tiny_onnx, folder, "--top", 1, "--json", out)
     assert result.exit_code == 0, result.output
     assert [Path(r["image"]).name for r in json.loads(out.read_text())["predictions"]] == ["good0.png", "good1.png"]
     assert "skipped 4 unreadable: " in result.output and "object at 0x" not in result.output
     # a file named on the command line must be readable
-    assert_one_line_error(cli("predict", exported, folder / "text.jpg"), r"text\.jpg: not an image PIL can identify", 2)
+    assert_one_line_error(cli("predict", tiny_onnx, folder / "text.jpg"), r"text\.jpg: not an image PIL can identify", 2)
 
 
-def test_calibration_counts_what_it_used_and_names_every_skipped_file(exported, tmp_path):
+def test_calibration_counts_what_it_used_and_names_every_skipped_file(tiny_onnx, tmp_path):
     folder = photo_folder(tmp_path / "calib", good=1)
-    result = cli("quantize", exported, "--int8", "--calib-dir", folder, "--backend", "onnxruntime", "--min-cosine", 0,
+    result = cli("quantize", tiny_onnx, "--int8", "--calib-dir", folder, "--backend", "onnxruntime", "--min-cosine", 0,
                  "--min-top1", 0, "--max-abs", 1e9, "-o", tmp_path / "q.onnx")
     assert result.exit_code == 0, result.output
     line = next(t for t in result.output.splitlines() if "used 1 of the 5 images" in t)
@@ -185,18 +180,18 @@ def test_calibration_counts_what_it_used_and_names_every_skipped_file(exported, 
     assert "BytesIO" not in result.output and "object at 0x" not in result.output
     facts = read_record(tmp_path / "q.onnx").details["int8"]["calibration"]
     assert facts["images"] == 1 and len(facts["skipped"]) == 4
-    assert_one_line_error(cli("quantize", exported, "--int8", "--calib-dir", folder / "good0.png"),
+    assert_one_line_error(cli("quantize", tiny_onnx, "--int8", "--calib-dir", folder / "good0.png"),
                           r"--calib-dir .*good0\.png is a file: give the folder of calibration images", 2)
 
 
-def test_a_calibration_sample_is_spread_over_the_class_folders_and_recorded(exported, tmp_path):
+def test_a_calibration_sample_is_spread_over_the_class_folders_and_recorded(tiny_onnx, tmp_path):
     root = tmp_path / "classes"
     photos = skimage_photos()
     for c in range(3):
         (root / f"class{c}").mkdir(parents=True)
         for i in range(10):
             photos[(c + i) % len(photos)].resize((64 + i, 64)).save(root / f"class{c}" / f"{i}.png")
-    result = cli("quantize", exported, "--int8", "--calib-dir", root, "--calib-images", 6, "--backend", "onnxruntime",
+    result = cli("quantize", tiny_onnx, "--int8", "--calib-dir", root, "--calib-images", 6, "--backend", "onnxruntime",
                  "--min-cosine", 0, "--min-top1", 0, "--max-abs", 1e9, "-o", tmp_path / "q.onnx")
     assert result.exit_code == 0, result.output
     assert "a sample of 6 of the 30 images" in result.output and "spread over 3 folder(s)" in result.output
@@ -206,9 +201,9 @@ def test_a_calibration_sample_is_spread_over_the_class_folders_and_recorded(expo
             sample["per_folder_max"], sample["seed"]) == (6, 30, 3, 2, 2, 0)
 
 
-def test_verify_says_how_many_distinct_images_its_batch_holds(exported, tmp_path):
+def test_verify_says_how_many_distinct_images_its_batch_holds(tiny_onnx, tmp_path):
     folder = photo_folder(tmp_path / "one", good=1)
-    result = cli("verify", exported, "--images", folder, "--batch", 2)
+    result = cli("verify", tiny_onnx, "--images", folder, "--batch", 2)
     assert result.exit_code == 0, result.output
     assert "1 distinct image in a batch of 2" in result.output and "skipped 4 unreadable" in result.output
 
@@ -219,9 +214,9 @@ def test_no_arguments_print_the_help_and_no_empty_error_line():
     assert not any(line.strip() == "error:" or line.startswith("error:  ") for line in result.stderr.splitlines())
 
 
-def test_a_reader_that_stops_reading_is_no_failure_and_no_message(exported, tmp_path):
+def test_a_reader_that_stops_reading_is_no_failure_and_no_message(tiny_onnx, tmp_path):
     folder = photo_folder(tmp_path / "many", good=2, corrupt=False)
-    command = " ".join(shlex.quote(str(a)) for a in [*FVDEPLOY, "predict", exported, folder])
+    command = " ".join(shlex.quote(str(a)) for a in [*FVDEPLOY, "predict", tiny_onnx, folder])
     # `true` reads nothing and is gone long before fvdeploy's first table (`| head -1` after its first line).
     result = subprocess.run(["bash", "-c", f"set -o pipefail; {command} | true"], capture_output=True, text=True)
     assert result.returncode == 141, result.stderr  # what a shell reports for SIGPIPE: the reader went away
@@ -237,12 +232,12 @@ def test_a_deleted_current_folder_is_one_line(tmp_path):
     assert result.stderr.strip() == "error: the current folder no longer exists (deleted or moved): cd into an existing folder"
 
 
-def test_library_warnings_stay_out_of_the_output(exported, tmp_path):
+def test_library_warnings_stay_out_of_the_output(tiny_onnx, tmp_path):
     big = tmp_path / "big"
     big.mkdir()
     # Over PIL's decompression-bomb warning threshold (89.5 Mpixel) but under its error threshold.
     Image.fromarray(np.zeros((9500, 9500), np.uint8)).save(big / "huge.png")
-    result = subprocess.run([*FVDEPLOY, "predict", str(exported), str(big / "huge.png"), "--top", "1"],
+    result = subprocess.run([*FVDEPLOY, "predict", str(tiny_onnx), str(big / "huge.png"), "--top", "1"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and "site-packages" not in result.stderr
