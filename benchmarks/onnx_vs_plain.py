@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from fastervit_deploy.use.benchmark import measure, ratios, results_table, synthetic_batches
+from fastervit_deploy.system.machine import describe_machine
+from fastervit_deploy.use.benchmark import ORDER_SEED, measure, ratio_spread, ratios, results_table, synthetic_batches
 from fastervit_deploy.core.model_spec import resolve_model
 from fastervit_deploy.core.options import ModelRequest, OnnxOptions, OutputTarget
 from fastervit_deploy.plan import plan_export
@@ -54,12 +55,14 @@ def main() -> int:
                           batches, warmup=5, iterations=30, console=console)
     out = Console()
     out.print(results_table(results, "FasterViT-0 224, onnxruntime CPU vs PyTorch eager"))
-    speed = ratios(results, "plain-onnx")["fvdeploy-onnx"]
+    speed = ratio_spread(results, "plain-onnx")["fvdeploy-onnx"]
     eager_speed = ratios(results, "pytorch-eager")["fvdeploy-onnx"]
+    out.print(f"machine: {describe_machine()}; runner order rotated per round (seed {ORDER_SEED})")
     for n in BATCHES:
-        verdict = "meets" if speed[n] >= GOAL else "MISSES"
-        out.print(f"batch {n}: fvdeploy/plain {speed[n]:.2f}x ({verdict} the {GOAL}x goal), "
-                  f"fvdeploy/eager {eager_speed[n]:.2f}x")
+        s = speed[n]
+        verdict = "meets" if s["median"] >= GOAL else "MISSES"
+        out.print(f"batch {n}: fvdeploy/plain {s['median']:.2f}x (rounds {s['p10']:.2f}-{s['p90']:.2f}; {verdict} the "
+                  f"{GOAL}x goal), fvdeploy/eager {eager_speed[n]:.2f}x")
     return 0
 
 

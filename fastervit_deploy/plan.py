@@ -36,7 +36,7 @@ from .formats import FORMATS, format_for, stem
 from .onnx.job import ExportJob
 from .quantize.job import QuantizeJob, refuse_backend
 from .system.errors import FvdeployError, MissingDependency
-from .system.files import check_output, check_writable, sha256
+from .system.files import check_output, check_writable, sha256, shown
 from .system.lazy import load
 from .system.optional import coremltools_missing, cuda_missing
 from .tensorrt.job import BuildJob, engine_format
@@ -134,7 +134,7 @@ def plan_export(model: ModelRequest, output: OutputTarget, onnx: OnnxOptions = O
 
 
 def _origin(record: ArtifactRecord) -> str:
-    return f" ({record.source.path.name})" if record.source else ""
+    return f" ({shown(record.source.path)})" if record.source else ""
 
 
 def _check_quantize_source(source: Path, record: ArtifactRecord) -> None:
@@ -169,6 +169,10 @@ def _check_accuracy(precision: Precision, accuracy: AccuracyTarget) -> None:
         raise FvdeployError(f"{flags}: an accuracy target is for calibrated precisions (--int8), not --{precision}")
     if accuracy.data is not None and not Path(accuracy.data).is_dir():
         raise FvdeployError(f"--data folder not found: {accuracy.data}")
+    on_data = [flag for flag, name in (("--max-drop", "max_drop"), ("--limit", "limit")) if name in accuracy.given]
+    if on_data and accuracy.data is None:  # they measure on labelled images: without them they would do nothing
+        raise FvdeployError(f"{' and '.join(on_data)} measure top-1 on labelled images: give --data, or leave "
+                            f"{'them' if len(on_data) > 1 else 'it'} out")
 
 
 def plan_quantize(source: Path, precision: Precision, output: OutputTarget,

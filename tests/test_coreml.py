@@ -155,7 +155,10 @@ def test_the_package_holds_what_its_manifest_lists_and_nothing_else(named_packag
 
 @pytest.mark.xdist_group("coreml-named")
 @pytest.mark.skipif(platform.system() == "Darwin", reason="checks the explanation given off macOS")
-def test_verify_off_macos_says_it_cannot_run_a_package_before_building_anything(named_package):
+def test_verify_off_macos_says_it_cannot_run_a_package_before_building_anything(named_package, monkeypatch):
+    monkeypatch.chdir(named_package.parent.parent)
     result = cli("verify", named_package)
     assert_one_line_error(result, r"Core ML predictions need macOS", 3)
     assert "✓" not in result.output and "Failed to load" not in result.output  # no reference built, no import noise
+    # The advice names the package as it is reached from here (it named the bare file name, which did not run)
+    assert f"`fvdeploy verify {named_package.parent.name}/{named_package.name}` on a Mac" in " ".join(result.output.split())

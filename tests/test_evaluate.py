@@ -200,3 +200,88 @@ def test_speed_table_and_plots(digits_folder, digits_artifacts, tmp_path):
     assert rows(report)["digits.onnx"]["size_mb"] > rows(report)["digits_int8.onnx"]["size_mb"] > 0
     for png in ("cm.png", "speed.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def image_folder(root: Path, classes, per_class: int = 1) -> Path:
+    photo = skimage_photos()[0].resize((32, 32))
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            photo.save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_class_mapping_is_one_to_one_and_of_one_kind(tmp_path):
+    """Names '1'..'10' (`export-onnx --labels`): folder '0' is class 0 by index, folder '1' class 0 by name. Two
+    folders on one class, or names and indices mixed, are refused, never guessed (it scored 10 % silently)."""
+    from fastervit_deploy.core.classes import ClassMap
+    from fastervit_deploy.data.labelled import open_labelled
+    from fastervit_deploy.system.errors import FvdeployError
+
+    root = image_folder(tmp_path / "digits", [str(i) for i in range(10)])
+    with pytest.raises(FvdeployError, match=r"class folder '0' and '1' both map to class 0 \('1'; '0' by index, "
+                                            r"'1' by name\)"):
+        open_labelled(root, ClassMap.of(10, tuple(str(i) for i in range(1, 11))))
+    mixed = image_folder(tmp_path / "mixed", ["cat", "1"])
+    with pytest.raises(FvdeployError, match=r"class folders match the model's classes in different ways \(index, name"):
+        open_labelled(mixed, ClassMap.of(2, ("cat", "dog")))
+    data = open_labelled(root, ClassMap.of(10, None))  # 'class i' names: every folder by index, said
+    assert data.mapping_text() == "10 class folders matched to the model's classes by index, one to one"
+    nfd = image_folder(tmp_path / "nfd", ["cafe\u0301", "the"])  # a macOS folder name comes decomposed
+    assert open_labelled(nfd, ClassMap.of(2, ("caf\u00e9", "the"))).mapping["cafe\u0301"]["index"] == 0
+
+
+def test_labels_files_count_each_image_once_and_keep_whole_labels(tmp_path):
+    from fastervit_deploy.core.classes import ClassMap, read_labels_file
+    from fastervit_deploy.data.labelled import open_labelled
+    from fastervit_deploy.system.errors import FvdeployError
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.png", "b.png"):
+        skimage_photos()[0].resize((32, 32)).save(flat / name)
+    classes = ClassMap.of(2, ("tiger", "tiger cat"))
+    (tmp_path / "labels.txt").write_text("a.png tiger cat\nb.png tiger\n")
+    data = open_labelled(flat, classes, tmp_path / "labels.txt")
+    assert dict(zip((f.name for f in data.files), data.labels)) == {"a.png": 1, "b.png": 0}  # not 'tiger'
+    (tmp_path / "twice.txt").write_text("a.png tiger\nb.png tiger cat\na.png tiger\n")
+    with pytest.raises(FvdeployError, match=r"twice\.txt lists a\.png twice \(entries 1 and 3\)"):
+        open_labelled(flat, classes, tmp_path / "twice.txt")
+    (tmp_path / "names.txt").write_text("cat\ndog\nCat\n")
+    with pytest.raises(FvdeployError, match=r"names 'Cat' twice \(lines 1 and 3\)"):
+        read_labels_file(tmp_path / "names.txt", 3)
+    with pytest.raises(FvdeployError, match=r"--labels-file .* is a folder"):
+        open_labelled(flat, classes, tmp_path)
+
+
+def test_what_an_image_folder_holds_but_is_not_read_is_said(tmp_path):
+    """Loose images at the top, dangling links, other files and emptied class folders were skipped in silence;
+    GIFs were not read at all."""
+    src, _ = export_tiny(tmp_path, filename="t.onnx", verify=False)
+    root = image_folder(tmp_path / "data", ["0", "1", "2"])
+    skimage_photos()[1].resize((32, 32)).save(root / "loose.png")
+    (root / "1" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "1" / "notes.txt").write_text("who took these")
+    skimage_photos()[2].resize((32, 32)).save(root / "2" / "anim.gif")
+    (root / "3").mkdir()
+    result = cli("evaluate", src, "--data", root)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    for part in ("4 class folders matched to the model's classes by index, one to one",
+                 "not read: 1 image(s) at the top of", "(e.g. loose.png)", "1 dangling link(s) in",
+                 "1 file(s) in", "that are not images", "class folder 3 has no image"):
+        assert part in said, part
+    report = evaluate(tmp_path, src, "--data", root)
+    assert report["data"]["images"] == 4 and len(report["data"]["passed_over"]) == 4  # the GIF counts
+
+
+def test_options_that_would_do_nothing_or_something_else_are_refused_before_work(tmp_path):
+    src, _ = export_tiny(tmp_path, filename="t.onnx", verify=False)  # batch 1..64
+    root = image_folder(tmp_path / "data", ["0", "1"])
+    result = cli("evaluate", src, "--data", root, "--speed", "--speed-batch", 100)  # it ran at 64, said in JSON only
+    assert_one_line_error(result, r"--speed-batch 100 is above .*batch range 1\.\.64: choose at most 64", 2)
+    assert "✓" not in result.output
+    for extra, flags in ((["--max-drop", 5], "--max-drop"), (["--limit", 8], "--limit")):
+        result = cli("quantize", src, "--int8", "--calib-dir", root / "0", "--fallback", "auto", *extra)
+        assert_one_line_error(result, rf"{flags} measure top-1 on labelled images: give --data", 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "t.onnx", "t.onnx.json"]

@@ -14,7 +14,7 @@ import pytest
 from fastervit_deploy.core.record import sidecar_path
 from fastervit_deploy.system.files import TEMP_NAME_EXTRA
 
-from .helpers import assert_one_line_error, cli, tiny_checkpoint
+from .helpers import assert_one_line_error, cli, export_tiny, tiny_checkpoint
 
 
 def digest(path: Path) -> str:
@@ -66,8 +66,43 @@ def test_a_plot_replaces_an_existing_file_only_with_overwrite_and_never_an_input
 def test_two_reports_in_one_file_are_refused(tiny_onnx_and_photo, tmp_path):
     m, _ = tiny_onnx_and_photo
     same = tmp_path / "a.png"
-    assert_one_line_error(cli("evaluate", m, "--data", tmp_path, "--plot", same, "--speed", "--speed-plot", same),
+    assert_one_line_error(cli("evaluate", m, "--data", tmp_path / "data", "--plot", same, "--speed", "--speed-plot", same),
                           r"--speed-plot .*a\.png is (one of this command's inputs|already another report's file)", 2)
+
+
+def test_a_report_never_goes_among_the_images_a_command_reads(tiny_onnx_and_photo, tmp_path):
+    """`--plot data/0/0024.png --overwrite` replaced that labelled image; a new file there would be read as one."""
+    m, photo = tiny_onnx_and_photo
+    image = tmp_path / "data" / "0" / "0024.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(photo.read_bytes())
+    before = digest(image)
+    for command in (["evaluate", m, "--data", tmp_path / "data", "--plot", image],
+                    ["evaluate", m, "--data", tmp_path / "data", "--speed", "--speed-plot", image],
+                    ["evaluate", m, "--data", tmp_path / "data", "--json", tmp_path / "data" / "new.json"],
+                    ["debug", m, "--images", image.parent, "--plot", image],
+                    ["verify", m, "--images", image.parent, "--json", image.parent / "v.json"],
+                    ["predict", m, tmp_path / "data", "--json", image.parent / "p.json"]):
+        result = cli(*command, "--overwrite")
+        assert_one_line_error(result, r"--(plot|speed-plot|json) .* is inside .*data.*, whose files this command "
+                                      r"reads", 2)
+        assert no_work_done(result.output)
+    assert digest(image) == before and sorted(p.name for p in image.parent.iterdir()) == ["0024.png"]
+
+
+def test_debug_never_writes_over_the_reference_its_record_names(tmp_path):
+    """The FP32 graph a candidate's record names is read by `debug` without --reference: its sidecar is an input."""
+    fp32, _ = export_tiny(tmp_path, filename="d.onnx", verify=False)
+    fp16 = tmp_path / "d16.onnx"
+    assert cli("quantize", fp32, "--fp16", "-o", fp16).exit_code == 0
+    before = digest(sidecar_path(fp32))
+    result = cli("debug", fp16, "--json", sidecar_path(fp32), "--overwrite")
+    assert_one_line_error(result, r"--json .*d\.onnx\.json is one of this command's inputs", 2)
+    assert digest(sidecar_path(fp32)) == before
+    # A sidecar replaced by some other JSON is said to be no record (not "a record of another version").
+    sidecar_path(fp32).write_text('{"passed": true}\n')
+    assert_one_line_error(cli("verify", fp32), r"d\.onnx\.json is not an fvdeploy record .*not an fvdeploy record "
+                                               r"\(JSON without a record_version\)|not an fvdeploy record", 2)
 
 
 def test_no_artifact_output_is_one_of_its_inputs(tiny_onnx_and_photo, tmp_path):
@@ -119,3 +154,14 @@ def test_no_record_names_the_temporary_folder_it_was_written_in(tiny_onnx_and_ph
         # The checks report names the file it read: the published one, never ".m.onnx.xxxxxxxx.tmp/m.onnx".
         assert ".tmp" not in text, [line for line in text.splitlines() if ".tmp" in line]
         assert json.loads(text)["checks"]["path"] == str(artifact)
+
+
+def test_the_python_preprocess_takes_one_image_or_a_list_and_says_when_there_is_none(tiny_onnx_and_photo):
+    import fastervit_deploy
+    from fastervit_deploy.system.errors import FvdeployError
+
+    m, photo = tiny_onnx_and_photo
+    one = fastervit_deploy.preprocess(str(photo), m)  # a path, not its characters
+    assert one.shape[0] == 1 and one.shape == fastervit_deploy.preprocess([photo], m).shape
+    with pytest.raises(FvdeployError, match="no images given"):
+        fastervit_deploy.preprocess([], m)

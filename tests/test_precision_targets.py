@@ -22,7 +22,7 @@ from fastervit_deploy.graph.policy_checks import check_qdq
 from fastervit_deploy.tensorrt.audit import audit
 from fastervit_deploy.tensorrt.profile import unsupported_precision
 
-from .helpers import assert_one_line_error, cli
+from .helpers import assert_one_line_error, cli, export_tiny
 
 # the tests of the module-scoped `digits_targets` run on one xdist worker, which makes them once
 uses_targets = pytest.mark.xdist_group("digits-targets")
@@ -147,6 +147,34 @@ def test_triton_serves_the_fp8_graph(digits_targets, tmp_path):
     assert (repo / "fp8" / "1" / "model.onnx").read_bytes() == digits_targets["fp8"].read_bytes()
 
 
+@uses_targets
+def test_the_fp8_graph_is_served_by_the_local_server_through_its_preprocessing(digits_targets, digits_folder, tmp_path):
+    """It wrote a repository the server could not load (onnxruntime's default level fuses FP8 Q/DQ it cannot run)."""
+    tritonclient_http = pytest.importorskip("tritonclient.http")
+    from PIL import Image
+
+    from fastervit_deploy.onnx.runner import OnnxRuntimeRunner
+    from fastervit_deploy.triton.local import LocalTritonServer
+
+    repo = tmp_path / "repo"
+    result = cli("triton", digits_targets["fp8"], "--repository", repo, "--name", "fp8", "--backend", "python",
+                 "--preprocess")
+    assert result.exit_code == 0, result.output
+    image = next(digits_folder.rglob("*.png"))
+    with LocalTritonServer(repo) as server:
+        client = tritonclient_http.InferenceServerClient(server.url)
+        inp = tritonclient_http.InferInput("image_bytes", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([image.read_bytes()], dtype=object).reshape(1, 1))
+        served = client.infer("fp8_ensemble", [inp]).as_numpy("logits")
+    from fastervit_deploy.data.images import preprocess
+    from fastervit_deploy.artifact import read_record
+
+    desc = read_record(digits_targets["fp8"]).model
+    with OnnxRuntimeRunner(digits_targets["fp8"]) as local:
+        here = local.infer(preprocess(Image.open(image).convert("RGB"), desc.resolution, desc.preprocessing)[None])
+    assert np.abs(served - here["logits"]).max() <= 1e-4
+
+
 def test_bad_combinations_are_one_line(digits_artifacts, tmp_path):
     fp32 = digits_artifacts["fp32"]
     assert_one_line_error(cli("quantize", fp32, "--fp16", "--target", "onnxruntime-cpu"),
@@ -265,3 +293,19 @@ def test_fastervit0_cpu_int8_and_fp8_cosine(fastervit0, tmp_path, flag):
     print(f"FasterViT-0 {' '.join(flag)} cosine {cosine:.6f}")
     assert cosine >= (0.999 if "--int8" in flag else 0.99)
     assert inspect_path(out).passed
+
+
+@uses_targets
+def test_debug_takes_fp8_graphs_and_refuses_a_reference_that_is_not_their_fp32_graph(digits_targets, digits_artifacts,
+                                                                                    tmp_path):
+    """`debug dfp8.onnx` was an internal error (onnxruntime's fused FP8 Transpose); another model's graph as
+    --reference was an internal error, and an FP16 one was compared as if it were FP32."""
+    result = cli("debug", digits_targets["fp8"], "--no-sensitivity", "--json", tmp_path / "d.json")
+    assert result.exit_code == 0, result.output
+    layers = json.loads((tmp_path / "d.json").read_text())["layers"]
+    assert len(layers) > 30 and min(r["cosine"] for r in layers) > 0.9
+    other, _ = export_tiny(tmp_path, filename="other.onnx", verify=False)
+    assert_one_line_error(cli("debug", digits_artifacts["int8"], "--reference", other),
+                          r"--reference other\.onnx holds another model than digits_int8\.onnx", 2)
+    assert_one_line_error(cli("debug", digits_artifacts["int8"], "--reference", digits_artifacts["fp16"]),
+                          r"--reference digits_fp16\.onnx is a fp16 ONNX graph .*compares with the FP32 ONNX", 2)

@@ -116,7 +116,8 @@ def test_cache_rebuild_gives_the_same_scales_and_bad_caches_are_refused(digits, 
     bad = {"empty.cache": "", "garbage.cache": "not a cache\n", "values.cache": lines[0] + "\nx: zz\n",
            "other.cache": lines[0] + "\n" + "\n".join(lines[1:3]) + "\n"}
     messages = {"empty.cache": "is empty", "garbage.cache": "is not a TensorRT calibration cache",
-                "values.cache": "line 2: expected 'tensor: <8 hex digits>'", "other.cache": "made for another model"}
+                "values.cache": "line 2: expected 'tensor: <8 hex digits>'",
+                "other.cache": "made for another graph .*calibrate into another --calib-cache path"}
     for name, text in bad.items():
         (tmp_path / name).write_text(text)
         result = cli("quantize", digits["fp32"], "--int8", "--calib-cache", tmp_path / name, "-o", tmp_path / "x.onnx")
@@ -229,3 +230,25 @@ def test_quantize_bad_input(tmp_path, digits):
     del model.metadata_props[:]
     onnx.save(model, str(foreign))
     assert_one_line_error(cli("quantize", foreign, "--fp16"), r"foreign.onnx has no fvdeploy record")
+
+
+def test_a_cache_says_which_method_made_it_and_a_different_method_is_refused(tmp_path):
+    """Every cache said EntropyCalibration2, and `--method entropy --calib-cache max.cache` used the max scales and
+    recorded no method."""
+    src, _ = export_tiny(tmp_path, filename="t.onnx", verify=False)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, img in enumerate(skimage_photos()[:4]):
+        img.save(calib / f"{i}.png")
+    cache = tmp_path / "max.cache"
+    made = quantize(src, tmp_path / "a.onnx", "int8", Tolerance(min_top1=0.0), calib_dir=calib, method="max",
+                    calib_cache=cache, backend="onnxruntime")
+    assert cache.read_text().splitlines()[0] == "TRT-10000-MinMaxCalibration"  # re-read from the file
+    assert made.details["int8"]["calibration"]["method"] == "max"
+    result = cli("quantize", src, "--int8", "--method", "entropy", "--calib-cache", cache, "--calib-dir", calib,
+                 "-o", tmp_path / "b.onnx")
+    assert_one_line_error(result, r"--method entropy: calibration cache .*max\.cache holds max scales", 2)
+    reused = quantize(src, tmp_path / "c.onnx", "int8", Tolerance(min_top1=0.0), calib_cache=cache,
+                      backend="onnxruntime")
+    assert reused.details["int8"]["calibration"]["source"] == "cache"
+    assert reused.details["int8"]["calibration"]["method"] == "max"

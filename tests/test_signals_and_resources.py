@@ -44,7 +44,9 @@ def test_signal_during_export_ends_within_5s_and_leaves_nothing(tmp_path, sig, c
 
 
 @pytest.mark.skipif(not modelopt_available(), reason="needs nvidia-modelopt (make install installs it)")
-def test_ctrl_c_during_the_modelopt_worker_stops_it_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("sig,code,to_group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False),
+                                               (signal.SIGTERM, 143, True)], ids=["ctrl-c", "term", "term-group"])
+def test_a_signal_during_the_modelopt_worker_stops_it_and_leaves_nothing(tmp_path, sig, code, to_group):
     src, _ = export_tiny(tmp_path, verify=False)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     tmpdir, out = tmp_path / "tmp", tmp_path / "q" / "int8.onnx"
@@ -58,8 +60,8 @@ def test_ctrl_c_during_the_modelopt_worker_stops_it_and_leaves_nothing(tmp_path)
     proc = spawn(["quantize", src, "--int8", "--calib-dir", photos, "--backend", "modelopt", "-o", out], tmp_path, tmpdir)
     wait_for_line(proc, "✓ calibrating")  # the next step runs in the ModelOpt worker process
     time.sleep(1.0)
-    returncode, took, rest = interrupt(proc, signal.SIGINT, to_group=True)
-    assert returncode == 130 and took < 5, (returncode, took, rest)
+    returncode, took, rest = interrupt(proc, sig, to_group=to_group)
+    assert returncode == code and took < 5, (returncode, took, rest)
     assert "Traceback" not in rest
     assert not out.parent.exists() and leftovers(tmpdir) == []
     assert hashlib.sha256(src.read_bytes()).hexdigest() == digest

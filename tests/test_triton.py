@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import re
+import shlex
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ from fastervit_deploy.system.errors import FvdeployError
 from fastervit_deploy.triton.schema import parse_config
 
 import fastervit_deploy
-from fastervit_deploy.triton.local import free_port
+from fastervit_deploy.triton.local import check_servable, free_port
 
 from .helpers import assert_one_line_error, cli, export_tiny, interrupt, leftovers, spawn, wait_for_line
 
@@ -54,7 +55,7 @@ def test_repository_is_valid_for_triton_and_matches_the_artifacts(triton_artifac
     served = repo / "cls" / "1" / "model.onnx"
     served.write_bytes(served.read_bytes() + b"\0")  # replaced after fvdeploy wrote it: its record no longer holds
     with pytest.raises(FvdeployError, match="changed since its sidecar"):
-        fastervit_deploy.preprocess([], repo / "cls")
+        fastervit_deploy.preprocess([skimage_photos()[0]], repo / "cls")
     # The onnxruntime backend's TensorRT accelerator, for ONNX on GPU hosts.
     ort_trt = cli("triton", classifier, "--repository", repo, "--name", "cls_trt", "--ort-tensorrt")
     assert ort_trt.exit_code == 0, ort_trt.output
@@ -182,6 +183,22 @@ def test_the_repository_readme_keeps_one_section_per_model(triton_artifacts, tmp
     assert "instances: 3 x GPU" in again["cls"] and "instances: 1 x GPU" in first["cls"]
 
 
+def test_the_users_own_readme_is_kept_whole(triton_artifacts, tmp_path):
+    """A repository's own files are inputs: `triton` adds its sections to the user's README, never replaces it."""
+    from fastervit_deploy.triton.repository import readme_sections
+
+    _, classifier, backbone = triton_artifacts
+    repo = tmp_path / "proj"
+    repo.mkdir()
+    mine = "# Our models\n\nDeployed by the vision team; ask Ana before changing them.\n"
+    (repo / "README.md").write_text(mine)
+    assert cli("triton", classifier, "--repository", repo, "--name", "cls").exit_code == 0
+    assert cli("triton", backbone, "--repository", repo, "--name", "feat").exit_code == 0
+    text = (repo / "README.md").read_text()
+    assert text.startswith(mine) and list(readme_sections(text)) == ["cls", "feat"]
+    assert "Triton model repository written by fvdeploy" not in text
+
+
 # ---- names, the local server's life, the README's client ------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 201])
@@ -204,13 +221,20 @@ def test_overwrite_never_replaces_the_folder_an_input_lives_in(triton_artifacts,
     assert served.read_bytes() == before
 
 
-def test_triton_serve_refuses_what_the_wheels_server_cannot_load_before_starting(triton_artifacts, tmp_path):
+def test_triton_serve_refuses_what_the_wheels_server_cannot_load_before_starting(triton_artifacts, tmp_path,
+                                                                               monkeypatch):
     _, classifier, _ = triton_artifacts
+    monkeypatch.chdir(tmp_path)
     repo = tmp_path / "repo"
     assert cli("triton", classifier, "--repository", repo, "--name", "m").exit_code == 0  # onnxruntime backend
-    assert_one_line_error(cli("triton-serve", repo), r"has the Python backend only, and m \(onnxruntime_onnx\) needs "
-                                                     r"another: write the repository with `fvdeploy triton \.\.\. "
-                                                     r"--backend python`", 2)
+    refused = cli("triton-serve", repo)
+    assert_one_line_error(refused, r"has the Python backend only, and m \(onnxruntime_onnx\) needs another: to serve "
+                                   r"it here, write a Python-backend repository: fvdeploy triton", 2)
+    advice = re.search(r"(fvdeploy triton .*--backend python)", " ".join(refused.output.split())).group(1)
+    assert "..." not in advice
+    ran = cli(*shlex.split(advice)[1:])  # as printed, from where the user is
+    assert ran.exit_code == 0, ran.output
+    assert check_servable(tmp_path / "repo_cpu") == ["m"]
     assert_one_line_error(cli("triton-serve", tmp_path / "none"), r"model repository not found", 2)
     assert_one_line_error(cli("triton-serve", tmp_path), r"holds no Triton model", 2)
     import socket
@@ -284,3 +308,17 @@ def test_the_readmes_client_snippet_runs_as_written(triton_artifacts, tmp_path, 
     entries = re.findall(r"b'([^']+)'", top)  # "score:index:label"
     assert [int(e.split(":")[1]) for e in entries] == np.argsort(-logits)[:5].tolist(), top
     assert abs(float(entries[0].split(":")[0]) - logits.max()) < 1e-3  # the scores are logits, as the README says
+
+
+def test_overwriting_without_preprocess_removes_the_old_preprocessing_and_ensemble(triton_artifacts, tmp_path):
+    """They stayed, wired to the replaced model, and the server then refused the repository."""
+    _, classifier, _ = triton_artifacts
+    repo = tmp_path / "repo"
+    first = cli("triton", classifier, "--repository", repo, "--name", "m", "--backend", "python", "--preprocess")
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "m", "m_ensemble", "m_preprocess"]
+    again = cli("triton", classifier, "--repository", repo, "--name", "m", "--backend", "python", "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in repo.iterdir()) == ["README.md", "m"]
+    assert check_servable(repo) == ["m"]
+    assert "m_ensemble" not in (repo / "README.md").read_text()

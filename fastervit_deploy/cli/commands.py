@@ -30,10 +30,10 @@ from ..core.options import (
     TunedBatchProfile,
 )
 from ..core.precision import Tolerance
-from ..core.record import files_read
+from ..core.record import files_read, recorded_source
 from ..system.errors import CheckFailed, FvdeployError
 from ..system import jsontext
-from ..system.files import check_output, write_text_atomic
+from ..system.files import check_output, refuse_inside, write_text_atomic
 from ..system.progress import Steps, console
 from .groups import JsonOpt, OverwriteReports, PlotOpt
 
@@ -49,14 +49,17 @@ stdout = _Stdout(highlight=False)
 DEBUG_LIMIT = 64  # debug runs every layer of two graphs per image: a smaller default subset than evaluate's (all)
 
 
-def _check_reports(overwrite: bool, inputs: list[Path], **reports: Path | None) -> None:
+def _check_reports(overwrite: bool, inputs: list[Path], folders: tuple[Path | None, ...] = (),
+                   **reports: Path | None) -> None:
     """Report files (``json=``, ``plot=``, ``speed_plot=``), checked before any work: the right suffix, no existing
-    file without --overwrite, never one of the inputs, never two reports in one file."""
+    file without --overwrite, never one of the inputs nor inside a folder of inputs (``folders``: the images of
+    --data and --images), never two reports in one file."""
     seen: list[Path] = []
     for name, path in reports.items():
         if path is None:
             continue
         flag = "--" + name.replace("_", "-")
+        refuse_inside(path, folders, what=flag)
         check_output(path, overwrite, ".json" if name == "json" else ".png", inputs=[*inputs, *seen], what=flag)
         if any(Path(path).resolve() == Path(s).resolve() for s in seen):
             raise FvdeployError(f"{flag} {path} is already another report's file")
@@ -143,7 +146,7 @@ def verify(
     The model, its checkpoint (found by content) and the precision come from the artifact's record;
     model options may only agree with it (or say where the checkpoint is now).
     """
-    _check_reports(overwrite, files_read(artifact, model.checkpoint), json=json_path)
+    _check_reports(overwrite, files_read(artifact, model.checkpoint), (images.images,), json=json_path)
     from ..use.verify import verify as run_verify
 
     result = run_verify(artifact, model, tolerance, runtime, images.images, batch, Steps())
@@ -162,7 +165,7 @@ def predict(
     overwrite: OverwriteReports = False,
 ) -> None:
     """Top classes and probabilities of images, with the model's own preprocessing."""
-    _check_reports(overwrite, files_read(artifact, *images), json=json_path)
+    _check_reports(overwrite, files_read(artifact, *images), tuple(p for p in images if p.is_dir()), json=json_path)
     for path in images:
         if not path.exists():
             raise FvdeployError(f"image not found: {path}")
@@ -202,6 +205,7 @@ def benchmark(
 
     report = run_benchmark(artifacts, model, runtime, sizes, warmup, iterations, pytorch, console)
     stdout.print(results_table(report["results"]))
+    console.print(f"runner order: {report['order']['rule']}, seed {report['order']['seed']}", highlight=False)
     _write_json(json_path, report, overwrite)
     if plot_path is not None:
         plot(report, plot_path, overwrite)
@@ -233,7 +237,7 @@ def evaluate(
     if labelled.data is None:
         raise FvdeployError("evaluate needs --data (labelled images)")
     _check_reports(overwrite, files_read(*(artifacts or []), reference, labelled.labels_file, model.checkpoint),
-                   json=json_path, plot=plot_path, speed_plot=speed_plot)
+                   (labelled.data,), json=json_path, plot=plot_path, speed_plot=speed_plot)
     if speed_plot is not None and not speed:
         raise FvdeployError("--speed-plot needs --speed")
     if not artifacts and not model.any_given:
@@ -272,7 +276,10 @@ def debug(
     overwrite: OverwriteReports = False,
 ) -> None:
     """Where a precision-lowered graph departs from FP32, layer by layer; which Q/DQ site groups cost most."""
-    _check_reports(overwrite, files_read(candidate, reference, labelled.labels_file), json=json_path, plot=plot_path)
+    # The FP32 graph the candidate's record names is read too when no --reference is given: its files are inputs.
+    compared = reference if reference is not None else recorded_source(candidate)
+    _check_reports(overwrite, files_read(candidate, compared, labelled.labels_file), (images.images, labelled.data),
+                   json=json_path, plot=plot_path)
     if images.images is not None and labelled.data is not None:
         raise FvdeployError("give one of --images and --data")
     from ..system.files import scratch_folder

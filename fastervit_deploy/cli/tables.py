@@ -124,6 +124,10 @@ def evaluate_table(report: dict) -> Table:
         if speed:
             cells += [f"{r['speed']['p50_ms']:.2f}", f"{r['speed']['throughput_ips']:.1f}"]
         table.add_row(*cells)
+    for r in report.get("not_run", []):  # listed, as the README's table shows them: not measured, and why
+        cells = [Path(r["artifact"]).name, r["format"], r["precision"],
+                 "-" if r["size_mb"] is None else f"{r['size_mb']:.1f}", "not run here", "", "", ""]
+        table.add_row(*cells, *(("", "") if speed else ()))
     return table
 
 

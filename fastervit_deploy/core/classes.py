@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +53,19 @@ def read_labels_file(path: Path, num_classes: int) -> tuple[str, ...]:
                             "(one name per line, in output order)")
     if not all(names):
         raise FvdeployError(f"labels file {path.name} has an empty name on line {names.index('') + 1}")
+    seen: dict[str, int] = {}
+    for line, name in enumerate(names, start=1):
+        if _key(name) in seen:
+            raise FvdeployError(f"labels file {path.name} names {name!r} twice (lines {seen[_key(name)]} and {line}): "
+                                "each class needs its own name")
+        seen[_key(name)] = line
     return names
 
 
 def _key(text: str) -> str:
-    return re.sub(r"[\s_]+", " ", text.strip().lower())
+    """How names are compared: case, runs of spaces and underscores, and Unicode spelling (NFC: a macOS folder
+    name comes decomposed, NFD) do not count."""
+    return re.sub(r"[\s_]+", " ", unicodedata.normalize("NFC", text).strip().lower())
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,9 @@ class ArtifactRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping, base: Path | None = None) -> "ArtifactRecord":
+        if not isinstance(d, Mapping) or "record_version" not in d:
+            raise FvdeployError("not an fvdeploy record (JSON without a record_version): was it replaced by another "
+                                "file, e.g. a report written over it?")
         version = d.get("record_version")
         if version != RECORD_VERSION:
             raise FvdeployError(f"record version {version} is not {RECORD_VERSION} (written by another fvdeploy "
@@ -211,6 +214,17 @@ def files_read(*paths: str | Path | None) -> list[Path]:
     for path in filter(None, paths):
         found += [Path(path), sidecar_path(path), Path(path).with_name(Path(path).name + ".data")]
     return found
+
+
+def recorded_source(artifact: str | Path) -> Path | None:
+    """The source file an artifact's sidecar names, read without any check (only to know which files a command
+    will read, before it reads them); None where there is none."""
+    side = sidecar_path(artifact)
+    try:
+        source = json.loads(side.read_text()).get("source") or {}
+        return locate(source, Path(artifact).parent) if source.get("path") else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def companions(artifact: Path) -> list[Path]:

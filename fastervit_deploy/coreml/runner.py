@@ -10,6 +10,7 @@ from ..core.options import RunOptions
 from ..core.record import ArtifactRecord
 from ..core.runner import Outputs, Runner
 from ..system.errors import MissingDependency
+from ..system.files import shown
 from ..system.optional import coreml_predict_missing, import_coremltools
 
 
@@ -31,7 +32,7 @@ class CoreMLRunner(Runner):
         missing = coreml_predict_missing()  # said when the runner is made: before any reference is built for it
         if missing:
             raise MissingDependency(f"{missing}; on Linux `fvdeploy coreml` checks the package's spec instead. "
-                                    f"Run `fvdeploy verify {self.path.name}` on a Mac.")
+                                    f"Run `fvdeploy verify {shown(self.path)}` on a Mac.")
 
     def activate(self) -> None:
         self.model = import_coremltools().models.MLModel(str(self.path))

@@ -13,7 +13,7 @@ from ..core.model_spec import Preprocessing
 from ..system.errors import FvdeployError
 from .pixels import preprocess, to_rgb
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Colour photographs that scikit-image ships inside its wheel (no download needed).
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry",
                   "camera")

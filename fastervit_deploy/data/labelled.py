@@ -34,12 +34,19 @@ class LabelledImages:
     mapping: dict = field(default_factory=dict)  # folder or label text -> {"index", "name", "by"}
     listed: int = 0  # images found, before --limit
     sample: dict | None = None  # how --limit chose (seed, images per class)
+    passed_over: tuple[str, ...] = ()  # what is in the folder but not read, and why (said, never silent)
+
+    def mapping_text(self) -> str:
+        """How the data set's classes were matched to the model's, in words (said with every evaluation)."""
+        kinds = sorted({m["by"] for m in self.mapping.values()})
+        what = "class folders" if self.layout == "image-folder" else "labels"
+        return f"{len(self.mapping)} {what} matched to the model's classes by {' and '.join(kinds)}, one to one"
 
     def describe(self) -> dict:
         counts = Counter(self.labels)
         return {"root": str(self.root), "layout": self.layout, "images_listed": self.listed,
                 "images_chosen": len(self.files), "classes_present": len(counts), "mapping": self.mapping,
-                "sample": self.sample}
+                "sample": self.sample, "passed_over": list(self.passed_over)}
 
 
 def spread_sample(groups: Sequence[Hashable], n: int, seed: int = SAMPLE_SEED) -> tuple[list[int], dict]:
@@ -69,17 +76,58 @@ def _resolve(class_map: ClassMap, text: str, what: str) -> tuple[int, dict]:
     return index, {"index": index, "name": class_map.names[index], "by": by}
 
 
-def _image_folder(root: Path, class_map: ClassMap) -> tuple[list[Path], list[int], dict]:
+def one_to_one(mapping: dict, what: str) -> dict:
+    """A class mapping is one-to-one and of one kind: two folders (or labels) that name one class, or names and
+    indices mixed (folder '1' is class 1 by index, or the class named '1'?), are refused, not guessed."""
+    by_index: dict[int, str] = {}
+    for key, m in mapping.items():
+        if m["index"] in by_index:
+            first = by_index[m["index"]]
+            raise FvdeployError(f"{what} {first!r} and {key!r} both map to class {m['index']} ({m['name']!r}; "
+                                f"{first!r} by {mapping[first]['by']}, {key!r} by {m['by']}): each class needs one")
+        by_index[m["index"]] = key
+    kinds = {m["by"] for m in mapping.values()}
+    if len(kinds) > 1:
+        examples = "; ".join(f"{k!r} by {m['by']}" for k, m in list(mapping.items())[:2])
+        raise FvdeployError(f"{what}s match the model's classes in different ways ({', '.join(sorted(kinds))}: "
+                            f"{examples}): name them all one way (class names, or indices 0..)")
+    return mapping
+
+
+def _images_in(folder: Path, passed_over: list[str]) -> list[Path]:
+    """A folder's images at any depth; dangling links and files of other kinds are counted in ``passed_over``."""
+    found, links, others = [], 0, 0
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() and not path.exists():
+            links += 1
+        elif path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(path)
+        elif path.is_file() and not path.name.startswith("."):
+            others += 1
+    if links:
+        passed_over.append(f"{links} dangling link(s) in {folder}")
+    if others:
+        passed_over.append(f"{others} file(s) in {folder} that are not images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found
+
+
+def _image_folder(root: Path, class_map: ClassMap, passed_over: list[str]) -> tuple[list[Path], list[int], dict]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise FvdeployError(f"{root} has no class folders: use one folder per class (ImageFolder), or give "
                             "--labels-file for a flat folder")
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if loose:
+        passed_over.append(f"{len(loose)} image(s) at the top of {root}, in no class folder (e.g. {loose[0].name})")
     files, labels, mapping = [], [], {}
     for folder in folders:
         index, mapping[folder.name] = _resolve(class_map, folder.name, "class folder")
-        found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = _images_in(folder, passed_over)
+        if not found:
+            passed_over.append(f"class folder {folder.name} has no image")
         files += found
         labels += [index] * len(found)
+    one_to_one(mapping, "class folder")
     if not files:
         raise FvdeployError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folders of {root}")
     return files, labels, mapping
@@ -98,7 +146,10 @@ def _rows(path: Path) -> list[tuple[str, str]]:
     for number, row in enumerate(rows, start=1):
         if len(row) < 2 or not row[1].split():
             raise FvdeployError(f"labels file {path.name}, line {number}: expected 'file label', got {' '.join(row)!r}")
-        out.append((row[0].strip(), row[1].split()[0]))
+        # "file label" lines: the label is the rest of the line ("cat.jpg tiger cat" is the class 'tiger cat');
+        # CSV: the label field's first word
+        label = " ".join(row[1:]) if "," not in first else row[1].split()[0]
+        out.append((row[0].strip(), label))
     return out
 
 
@@ -118,12 +169,16 @@ def _labels_file(root: Path, labels_file: Path, class_map: ClassMap) -> tuple[li
     rows = _rows(Path(labels_file))
     if rows and _find(root, rows[0][0]) is None and class_map.resolve(rows[0][1]) is None:
         rows = rows[1:]  # a CSV header (ImageId,PredictionString)
-    files, labels, mapping, missing = [], [], {}, []
-    for name, label in rows:
+    files, labels, mapping, missing, lines = [], [], {}, [], {}
+    for number, (name, label) in enumerate(rows, start=1):
         path = _find(root, name)
         if path is None:
             missing.append(name)
             continue
+        if path in lines:  # counted twice, it would weigh twice
+            raise FvdeployError(f"{Path(labels_file).name} lists {name} twice (entries {lines[path]} and {number}): "
+                                "each image once")
+        lines[path] = number
         if label not in mapping:
             _, mapping[label] = _resolve(class_map, label, f"label in {Path(labels_file).name}:")
         files.append(path)
@@ -133,6 +188,7 @@ def _labels_file(root: Path, labels_file: Path, class_map: ClassMap) -> tuple[li
                             f"(e.g. {missing[0]})")
     if not files:
         raise FvdeployError(f"{Path(labels_file).name} names no image")
+    one_to_one(mapping, "label")
     return files, labels, mapping
 
 
@@ -143,10 +199,13 @@ def open_labelled(root: Path, class_map: ClassMap, labels_file: Path | None = No
     if not root.is_dir():
         raise FvdeployError(f"data folder not found: {root}" if not root.exists() else f"--data {root} is a file, "
                             "not a folder of images")
+    passed_over: list[str] = []
     if labels_file is None:
-        files, labels, mapping = _image_folder(root, class_map)
+        files, labels, mapping = _image_folder(root, class_map, passed_over)
         layout = "image-folder"
     else:
+        if Path(labels_file).is_dir():
+            raise FvdeployError(f"--labels-file {labels_file} is a folder: give the file of 'file label' lines")
         list_images(root)  # refuses a folder without images, naming the suffixes
         files, labels, mapping = _labels_file(root, labels_file, class_map)
         layout = "labels-file"
@@ -156,7 +215,7 @@ def open_labelled(root: Path, class_map: ClassMap, labels_file: Path | None = No
         sample["per_group"] = {class_map.names[int(k)]: v for k, v in sample["per_group"].items()}
         files, labels = [files[i] for i in chosen], [labels[i] for i in chosen]
     return LabelledImages(root, layout, tuple(files), tuple(labels), mapping, len(labels) if sample is None else
-                          sample["of"], sample)
+                          sample["of"], sample, tuple(passed_over))
 
 
 @dataclass
@@ -174,6 +233,8 @@ class LabelledBatch:
         """``--data``: the labelled images (a seeded subset with ``limit``), preprocessed once for ``desc``;
         unreadable files are skipped and told to ``note``."""
         data = open_labelled(folder, ClassMap.of(desc.config.num_classes, desc.class_names), labels_file, limit)
+        for line in (data.mapping_text(), *(f"not read: {what}" for what in data.passed_over)):
+            note(f"{folder}: {line}")
         skipped: list[str] = []
         arrays, labels, pending = [], [], iter(zip(data.files, data.labels))
         for path, img in readable_images(data.files, skipped):  # in order: each image decoded, then let go

@@ -33,7 +33,7 @@ def ort_providers(provider: Provider) -> list[str]:
     return list(wanted)
 
 
-def session_options(threads: int | None = None, spinning: bool = True):
+def session_options(threads: int | None = None, spinning: bool = True, fp8_on_cpu: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -42,6 +42,11 @@ def session_options(threads: int | None = None, spinning: bool = True):
         opts.intra_op_num_threads = threads
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if fp8_on_cpu:
+        # The CPU provider's QDQ fusions take float8 for int8 (MatMulIntegerToFloat refuses the graph, and FP8
+        # Transposes have no kernel once fused); its Quantize/DequantizeLinear kernels run FP8 at the basic level,
+        # which is what the FP8 checks need. (Triton's Python-backend template does the same, for the same reason.)
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return opts
 
 
@@ -81,14 +86,8 @@ class OnnxRuntimeRunner(Runner):
         self.agree(self.path.name, described(self.session.get_inputs()), described(self.session.get_outputs()))
 
     def _options(self):
-        import onnxruntime as ort
-
-        opts = session_options(self.threads, self.spinning)
-        if self.record_precision is Precision.fp8 and self.provider is Provider.cpu:
-            # The CPU provider's QDQ fusions take float8 for int8 (MatMulIntegerToFloat refuses the graph); its
-            # Quantize/DequantizeLinear kernels run FP8 at the basic level, which is what the FP8 checks need.
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        return opts
+        return session_options(self.threads, self.spinning,
+                               fp8_on_cpu=self.record_precision is Precision.fp8 and self.provider is Provider.cpu)
 
     def deactivate(self) -> None:
         self.session = None

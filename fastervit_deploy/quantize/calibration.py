@@ -35,6 +35,10 @@ from ..core.options import CalibrationMethod
 
 INT8_MAX = 127.0
 CACHE_HEADER = "TRT-10000-EntropyCalibration2"
+# The method a cache's scales come from, in its header (TensorRT's calibrator names; "Percentile" is fvdeploy's own:
+# TensorRT has no such calibrator, and ModelOpt, which reads these caches, skips the header line).
+CACHE_METHODS = {"EntropyCalibration2": "entropy", "EntropyCalibration": "entropy", "MinMaxCalibration": "max",
+                 "PercentileCalibration": "percentile"}
 CHUNK_BUDGET_BYTES = 384 * 2**20  # activations kept per chunk while calibrating
 MAX_CHUNK = 8
 MIN_RECOMMENDED_IMAGES = 500  # NVIDIA's recommendation for PTQ calibration
@@ -262,10 +266,12 @@ def calibrate(model: onnx.ModelProto, model_path: Path, needed: set[str], folder
         candidates if method is CalibrationMethod.auto else {})
 
 
-def cache_text(scales: dict[str, float]) -> str:
-    """The scales as a TensorRT calibration cache (what ModelOpt and `--calib-cache` read)."""
+def cache_text(scales: dict[str, float], method: str = "entropy") -> str:
+    """The scales as a TensorRT calibration cache (what ModelOpt and `--calib-cache` read); the header names the
+    method that made them."""
+    header = "TRT-10000-" + next(h for h, m in CACHE_METHODS.items() if m == method)
     lines = [f"{name}: {struct.pack('!f', scale).hex()}" for name, scale in sorted(scales.items())]
-    return CACHE_HEADER + "\n" + "\n".join(lines) + "\n"
+    return header + "\n" + "\n".join(lines) + "\n"
 
 
 def read_cache(path: Path, needed: set[str]) -> Calibration:
@@ -294,7 +300,9 @@ def read_cache(path: Path, needed: set[str]) -> Calibration:
     missing = sorted(needed - set(scales))
     if missing:
         raise FvdeployError(f"calibration cache {path} has no scale for {len(missing)} of the {len(needed)} tensors this "
-                            f"graph quantizes (e.g. {missing[0]}): it was made for another model; pass --calib-dir "
-                            "to recalibrate")
+                            f"graph quantizes (e.g. {missing[0]}): it was made for another graph (another model, or "
+                            "another scheme: CPU INT8 and FP8 quantize other tensors); an existing cache is always "
+                            "used, so calibrate into another --calib-cache path (with --calib-dir), or delete it")
     ranges = {n: (-scales[n] * INT8_MAX, scales[n] * INT8_MAX) for n in sorted(needed)}
-    return Calibration(ranges, "cache", {"tensors": len(needed), "images": 0})
+    method = CACHE_METHODS.get(lines[0].rsplit("-", 1)[-1])
+    return Calibration(ranges, "cache", {"tensors": len(needed), "images": 0, "method": method})

@@ -175,6 +175,11 @@ def ranges_for(job: QuantizeJob, scheme: Scheme, source: onnx.ModelProto, needed
     opts = job.calibration
     if opts.cache_hit:
         calibration = read_cache(opts.calib_cache, needed)  # refused unless complete for this graph
+        made_by, asked = calibration.facts["method"], calibration_method(job)
+        if "method" in opts.given and made_by not in (None, asked.value) and asked is not CalibrationMethod.auto:
+            raise FvdeployError(f"--method {asked}: calibration cache {opts.calib_cache} holds {made_by} scales (its "
+                                "header says so); an existing cache is always used, so calibrate into another "
+                                "--calib-cache path (with --calib-dir), or leave out --method")
         steps.note(f"using {len(needed)} scales from calibration cache {opts.calib_cache} (calibration skipped" +
                    ("; a cache holds one method's scales, so --method auto has nothing to choose" if
                     opts.method is CalibrationMethod.auto else "") + ")")
@@ -290,7 +295,8 @@ def quantize_qdq(job: QuantizeJob, scheme: Scheme, tmp: Path, src: ArtifactRecor
     if calibration.candidates:
         details["calibration"].update(choose_method(job, scheme, tmp, placement, calibration, scorer, steps))
     if job.calibration.calib_cache is not None and not job.calibration.cache_hit:
-        write_text_atomic(Path(job.calibration.calib_cache), cache_text(calibration.scales))
+        made_by = details["calibration"].get("chosen") or details["calibration"].get("method")
+        write_text_atomic(Path(job.calibration.calib_cache), cache_text(calibration.scales, made_by))
     if job.accuracy.fallback is Fallback.auto:
         kept, details["fallback"] = fallback(job, tmp, source, placement, scorer, steps)
         if kept:  # the real graph with those groups excluded, from the same ranges

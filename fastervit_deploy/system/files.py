@@ -54,12 +54,34 @@ def _nearest_existing(folder: Path) -> Path:
     return folder
 
 
+def shown(path: str | Path) -> str:
+    """A path as advice names it, so the printed command runs from where the user is: relative to the current
+    folder when it lies below it, else absolute; quoted for a shell."""
+    import shlex
+
+    absolute = Path(path).resolve()
+    try:
+        text = str(absolute.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        text = str(absolute)
+    return shlex.quote(text)
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two paths are one file (device and inode: links and other spellings included)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def refuse_inside(path: Path, folders: Iterable[str | Path | None], what: str = "output") -> None:
+    """An output never goes inside a folder the command reads (its images, at any depth): it could replace one of
+    them, and would be read as one the next time."""
+    for folder in filter(None, folders):
+        if Path(folder).is_dir() and Path(path).resolve().is_relative_to(Path(folder).resolve()):
+            raise FvdeployError(f"{what} {path} is inside {folder}, whose files this command reads: fvdeploy never "
+                                "writes among its inputs; choose a path outside it")
 
 
 def refuse_inputs(path: Path, inputs: Iterable[str | Path | None], what: str = "output") -> None:

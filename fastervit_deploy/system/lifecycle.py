@@ -60,6 +60,11 @@ def install() -> None:
 
 
 def _raise_interrupt(signum, frame) -> None:
+    if not _received:
+        # Not the watcher's doing: the OS delivered a real SIGTERM to a thread that does not block it (a library's
+        # own thread, e.g. while the ModelOpt worker runs), and Python runs this handler in the main thread. It is
+        # a SIGTERM all the same: exit 143, not 130.
+        _received.append(signum)
     raise KeyboardInterrupt
 
 

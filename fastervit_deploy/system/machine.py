@@ -29,3 +29,9 @@ def cpu() -> dict:
     return {"cpu": name, "cores": os.cpu_count(), "arch": platform.machine(),
             "flags": sorted(f for f in REPORTED_FLAGS if f in flags),
             "vnni": any(f in flags for f in VNNI_FLAGS) if x86 else True}
+
+
+def describe_machine() -> str:
+    """The machine in one line, as figures are reported: CPU name, cores, the integer instruction sets."""
+    facts = cpu()
+    return f"{facts['cpu']}, {facts['cores']} cores, {' '.join(facts['flags']) or 'no AVX-512/VNNI flags'}"

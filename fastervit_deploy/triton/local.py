@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..system import lifecycle
 from ..system.errors import FvdeployError, MissingDependency
-from ..system.files import scratch_folder
+from ..system.files import scratch_folder, shown
 
 STUB_NUMPY = Path(sys.prefix) / "triton-stub"
 SERVER_WHEEL = Path(sys.prefix) / "triton-server"  # `make install` puts nvidia-pytriton here (--target)
@@ -79,6 +79,7 @@ def check_port(port: int) -> None:
 
 def check_servable(repository: Path) -> list[str]:
     """The repository's models, refused before the server starts unless the wheel's server can load every one."""
+    from .model import served_file
     from .schema import parse_config
 
     repository = Path(repository)
@@ -88,17 +89,21 @@ def check_servable(repository: Path) -> list[str]:
     configs = sorted(repository.glob("*/config.pbtxt"))
     if not configs:
         raise FvdeployError(f"{repository} holds no Triton model (no */config.pbtxt): write one with `fvdeploy triton`")
-    foreign = []
+    foreign, advice = [], []
     for path in configs:
         cfg = parse_config(path)
         backend = cfg.backend or cfg.platform
         if backend not in ("python", "ensemble"):
             foreign.append(f"{path.parent.name} ({backend})")
+            if backend == "onnxruntime_onnx":  # its model.onnx is an artifact (with its record): runnable advice
+                served = served_file(path.parent)
+                advice.append(f"fvdeploy triton {shown(served)} --repository {shown(repository)}_cpu --name "
+                              f"{path.parent.name} --backend python")
     if foreign:
+        how = (f"to serve it here, write a Python-backend repository: {'; '.join(advice)}" if advice else
+               "serve it with NVIDIA's tritonserver container")
         raise FvdeployError(f"the nvidia-pytriton wheel's tritonserver has the Python backend only, and "
-                            f"{', '.join(foreign)} need{'s' if len(foreign) == 1 else ''} another: write the repository "
-                            "with `fvdeploy triton ... --backend python` to serve it here, or serve it with NVIDIA's "
-                            "tritonserver container")
+                            f"{', '.join(foreign)} need{'s' if len(foreign) == 1 else ''} another: {how}")
     return [p.parent.name for p in configs]
 
 

@@ -59,6 +59,14 @@ def check_repository(opts: TritonOptions, models: list[TritonModel]) -> None:
     check_output(repo / "README.md", True, ".md")  # the folder (or its nearest parent) is writable
 
 
+def stale_companions(opts: TritonOptions, models: list[TritonModel]) -> list[Path]:
+    """The preprocessing and ensemble models an earlier `--preprocess` wrote beside a model now replaced without
+    it: left in place, the ensemble would wire the old preprocessing to the new model (or refuse to load)."""
+    repo = opts.repository
+    return [repo / f"{m.name}_{suffix}" for m in models if not opts.preprocess and (repo / m.name).is_dir()
+            for suffix in ("preprocess", "ensemble") if (repo / f"{m.name}_{suffix}" / CONFIG_FILE).is_file()]
+
+
 def _copy_model_file(model: TritonModel, target: Path, published: Path) -> None:
     """The artifact as model.onnx/model.plan, with its sidecar record (written by the one sidecar writer); an
     ONNX's external data keeps the file name the graph refers to. ``published``: where ``target``'s folder will be
@@ -131,11 +139,18 @@ def readme_sections(text: str) -> dict[str, str]:
 
 
 def readme_text(existing: str, models: list[TritonModel], opts: TritonOptions) -> str:
-    """The repository's README: one section per model, the ones written now replaced, the others kept."""
+    """The repository's README: one section per model, the ones written now replaced, the others kept, and whatever
+    else the file holds (the user's own text, before the first section) kept as it is: a repository's own files
+    are inputs."""
     sections = readme_sections(existing)
     for m in models:
         sections[m.name] = model_section(m, opts)
-    return README_TITLE + "\n\n" + "\n".join(sections.values())
+    preamble = existing.split(README_MARK.split("{}")[0])[0]
+    if not preamble.strip():
+        preamble = README_TITLE + "\n\n"
+    elif not preamble.endswith("\n\n"):
+        preamble += "\n" if preamble.endswith("\n") else "\n\n"
+    return preamble + "\n".join(sections.values())
 
 
 def write_repository(opts: TritonOptions, models: list[TritonModel]) -> list[str]:
@@ -167,13 +182,15 @@ def _fill(repo: Path, opts: TritonOptions, models: list[TritonModel]) -> list[st
                 parse_config(folder / CONFIG_FILE)  # the preprocess and ensemble configs
         readme = repo / "README.md"
         (work / "README.md").write_text(readme_text(readme.read_text() if readme.is_file() else "", models, opts))
-        written = []
+        written, stale = [], stale_companions(opts, models)
         for item in sorted(work.iterdir()):
             dest = repo / item.name
             if item.is_dir() and dest.is_dir():  # --overwrite: a model folder this command wrote before
                 shutil.rmtree(dest)
             os.replace(item, dest)
             written.append(item.name)
+        for folder in stale:
+            shutil.rmtree(folder)
         return written
 
 

@@ -37,9 +37,22 @@ class Timing:
                 "min_ms": float(s.min()), "throughput_ips": self.batch * 1000.0 / median}
 
 
+ORDER_SEED = 0
+
+
+def round_orders(names: Sequence[str], rounds: int, seed: int = ORDER_SEED) -> list[list[str]]:
+    """The order the runners take their turns in, per round: a seeded shuffle, then rotated by one each round, so
+    every runner is first (right after the previous round's last, with caches the others left) equally often. A
+    fixed order favours whoever follows the slowest: measured 7-10 % for the first ONNX runner after PyTorch."""
+    base = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return [base[r % len(base):] + base[:r % len(base)] for r in range(rounds)]
+
+
 def measure(runners: dict[str, Callable[[np.ndarray], object]], batches: dict[int, np.ndarray], warmup: int,
-            iterations: int, console: Console | None = None) -> list[dict]:
-    """Round-robin over runners for each batch size: one call each per round, warm-up rounds excluded."""
+            iterations: int, console: Console | None = None, seed: int = ORDER_SEED) -> list[dict]:
+    """Round-robin over runners for each batch size: one call each per round, in ``round_orders`` (rotated per
+    round, seeded), warm-up rounds excluded. Each row keeps its per-round samples in round order, so a ratio can be
+    taken round by round (``ratios``)."""
     results = []
     # Counted in images, not rounds: a round at batch 32 takes about 32 times one at batch 1, so the rate and the
     # time left hold across batch sizes.
@@ -48,25 +61,44 @@ def measure(runners: dict[str, Callable[[np.ndarray], object]], batches: dict[in
         task = bar.add_task("benchmarking", total=total)
         for batch_size, batch in batches.items():
             timings = {name: Timing(name, batch_size) for name in runners}
-            for i in range(warmup + iterations):
-                for name, fn in runners.items():
+            for i, order in enumerate(round_orders(list(runners), warmup + iterations, seed)):
+                for name in order:
+                    fn = runners[name]
                     start = time.perf_counter()
                     fn(batch)
                     took = (time.perf_counter() - start) * 1000.0
                     if i >= warmup:
                         timings[name].samples_ms.append(took)
                 bar.advance(task, len(batch) * len(runners))
-            results.extend(t.summary() for t in timings.values())
+            results.extend({**t.summary(), "samples_ms": [round(v, 4) for v in t.samples_ms]}
+                           for t in timings.values())
     return results
+
+
+def order_facts(seed: int = ORDER_SEED) -> dict:
+    """How the runners took turns (recorded beside the figures)."""
+    return {"rule": "a seeded shuffle, rotated by one each round (each runner first equally often)", "seed": seed}
 
 
 def ratios(results: list[dict], baseline: str) -> dict[str, dict[int, float]]:
     """Speed of every runner relative to ``baseline`` (p50 latency ratio; > 1 means faster)."""
-    base = {r["batch"]: r["p50_ms"] for r in results if r["runner"] == baseline}
-    out: dict[str, dict[int, float]] = {}
+    return {name: {n: r["median"] for n, r in by.items()} for name, by in ratio_spread(results, baseline).items()}
+
+
+def ratio_spread(results: list[dict], baseline: str) -> dict[str, dict[int, dict]]:
+    """Per runner and batch: the ratio of p50 latencies (``ratio``) and the ratios taken round by round (each round
+    ran both, in rotated order): their median and the 10th-90th percentile spread. A spread that holds 1.0 says
+    the two are not told apart by this run."""
+    base = {r["batch"]: r for r in results if r["runner"] == baseline}
+    out: dict[str, dict[int, dict]] = {}
     for r in results:
-        if r["runner"] != baseline and r["batch"] in base:
-            out.setdefault(r["runner"], {})[r["batch"]] = base[r["batch"]] / r["p50_ms"]
+        b = base.get(r["batch"])
+        if r["runner"] == baseline or b is None:
+            continue
+        rounds = np.asarray(b["samples_ms"]) / np.asarray(r["samples_ms"])
+        out.setdefault(r["runner"], {})[r["batch"]] = {
+            "ratio": b["p50_ms"] / r["p50_ms"], "median": float(np.median(rounds)),
+            "p10": float(np.percentile(rounds, 10)), "p90": float(np.percentile(rounds, 90))}
     return out
 
 
@@ -170,4 +202,4 @@ def benchmark(paths: list[Path], model: ModelRequest, runtime: RunOptions, sizes
     for row in results:
         row["precision"] = precisions[row["runner"]]
     return {"results": results, "model": desc.name, "resolution": list(desc.resolution),
-            "machine": machine(runtime.threads)}
+            "machine": machine(runtime.threads), "order": order_facts()}

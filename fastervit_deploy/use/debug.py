@@ -89,20 +89,21 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
-def _session(model: onnx.ModelProto):
+def _session(model: onnx.ModelProto, fp8: bool = False):
     import onnxruntime as ort
 
-    return ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(fp8_on_cpu=fp8),
+                                providers=["CPUExecutionProvider"])
 
 
 def layerwise(reference: onnx.ModelProto, candidate: onnx.ModelProto, images: np.ndarray, min_cosine: float,
-              fp16: bool, console: Console) -> list[dict]:
+              fp16: bool, console: Console, fp8: bool = False) -> list[dict]:
     """Cosine (worst image) and relative max |Δ| of every probe, in graph order; the first failing one marked."""
     found = probes(reference, candidate)
     if not found:
         raise FvdeployError("the graphs share no node names: debug compares graphs that fvdeploy exported and quantized")
     ref_run = _session(with_outputs(reference, [p.reference for p in found]))
-    cand_run = _session(with_outputs(candidate, [p.candidate for p in found]))
+    cand_run = _session(with_outputs(candidate, [p.candidate for p in found]), fp8=fp8)
     name = reference.graph.input[0].name
     cosine = np.ones(len(found))
     max_diff, ref_max, nonfinite = np.zeros(len(found)), np.zeros(len(found)), np.zeros(len(found), np.int64)
@@ -138,9 +139,24 @@ def layerwise(reference: onnx.ModelProto, candidate: onnx.ModelProto, images: np
     return rows
 
 
+def _same_model(a: Artifact, b: Artifact) -> bool:
+    """One architecture, input and weights (the checkpoint's content, or the seed of random weights)."""
+    weights = lambda art: art.model.checkpoint.sha256 if art.model.checkpoint else art.model.seed  # noqa: E731
+    return (a.model.name, a.model.config, a.model.input.shape, weights(a)) == \
+        (b.model.name, b.model.config, b.model.input.shape, weights(b))
+
+
 def _reference(candidate: Artifact, given: Path | None) -> Artifact:
     if given is not None:
-        return open_artifact(given, model=None)
+        ref = open_artifact(given, model=None)
+        if ref.format.key is not FormatKey.onnx or ref.record.precision is not Precision.fp32:
+            raise FvdeployError(f"--reference {given.name} is a {ref.record.precision} {ref.format.description}: "
+                                "debug compares with the FP32 ONNX the candidate was made from")
+        if not _same_model(ref, candidate):
+            raise FvdeployError(f"--reference {given.name} holds another model than {candidate.path.name} "
+                                f"({ref.model.name} {ref.model.weights} vs {candidate.model.name} "
+                                f"{candidate.model.weights}): give the FP32 ONNX it was made from")
+        return ref
     source = candidate.record.source
     if source is None:
         raise FvdeployError(f"{candidate.path.name}'s record names no FP32 graph it was made from: pass --reference")
@@ -174,7 +190,8 @@ def debug(candidate_path: Path, reference_path: Path | None, images: Path | None
     x, labelled = _images(candidate, images, data, labels_file, limit,
                           lambda m: console.print(f"note: {m}", markup=False, highlight=False, soft_wrap=True))
     ref_model, cand_model = onnx.load(str(reference.path)), onnx.load(str(candidate.path))
-    rows = layerwise(ref_model, cand_model, x, layer_cosine, precision is Precision.fp16, console)
+    rows = layerwise(ref_model, cand_model, x, layer_cosine, precision is Precision.fp16, console,
+                     fp8=precision is Precision.fp8)
     report = {"candidate": str(candidate.path), "reference": str(reference.path), "precision": precision.value,
               "images": len(x), "tolerance": tol.to_dict(), "layer_min_cosine": layer_cosine, "layers": rows,
               "first_beyond": next((r for r in rows if r["first"]), None)}

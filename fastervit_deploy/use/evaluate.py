@@ -28,10 +28,10 @@ from ..core.runner import Runner
 from ..core.tensors import class_output
 from ..data.images import preprocess, readable_images, skipped_text
 from ..data.labelled import LabelledImages, open_labelled
-from ..system.errors import FvdeployError
+from ..system.errors import FvdeployError, MissingDependency
 from ..system.figures import pyplot, save_png
 from ..system.progress import progress_bar
-from .benchmark import machine, measure
+from .benchmark import machine, measure, order_facts
 from .predict import run_batches
 
 DEFAULT_BATCH = 32
@@ -75,7 +75,9 @@ def _classifier(member_model: ModelDescription, what: str) -> int:
 
 
 def _members(paths: list[Path], model: ModelRequest, reference: Path | None, runtime: RunOptions,
-             console: Console) -> tuple[Member, list[Member]]:
+             console: Console, not_run: list[dict]) -> tuple[Member, list[Member]]:
+    """The reference and the artifacts that run here; one that cannot (a Core ML package off macOS, an engine without
+    its GPU) is said in a note and kept in ``not_run``, and the others are evaluated (unless none can be)."""
     arts = [open_artifact(p, model) for p in paths]
     for art in arts:  # before the reference is built
         _classifier(art.model, art.path.name)
@@ -95,7 +97,17 @@ def _members(paths: list[Path], model: ModelRequest, reference: Path | None, run
         if art.model.labels() != ref.model.labels():
             raise FvdeployError(f"{art.path.name} names its classes differently from the reference ({ref.name})")
         name = art.path.name if sum(a.path.name == art.path.name for a in arts) == 1 else str(art.path)
-        members.append(Member(name, art.model, art.runner(runtime), art))
+        try:
+            runner = art.runner(runtime)
+        except MissingDependency as err:
+            if len(arts) == 1:
+                raise
+            not_run.append({**Member(name, art.model, None, art).describe(), "not_run": str(err)})
+            console.print(f"note: not evaluated here: {err}", markup=False, highlight=False, soft_wrap=True)
+            continue
+        members.append(Member(name, art.model, runner, art))
+    if arts and not members:
+        raise MissingDependency("none of the artifacts runs here: " + "; ".join(r["not_run"] for r in not_run))
     return ref, members
 
 
@@ -169,12 +181,20 @@ def evaluate(paths: list[Path], data_dir: Path, model: ModelRequest, runtime: Ru
     """The evaluation report (JSON-able): data, the reference's figures and every artifact's."""
     if speed_batch:  # the runners take turns in the timing: none may keep the cores busy (RunOptions.spinning)
         runtime = dataclasses.replace(runtime, spinning=False)
-    ref, members = _members(paths, model, reference, runtime, console)
+    not_run: list[dict] = []
+    ref, members = _members(paths, model, reference, runtime, console, not_run)
+    for m in [ref, *members] if speed_batch else []:  # said before the accuracy pass, not clipped in silence
+        if m.runner.batch_range and speed_batch > m.runner.batch_range[1]:
+            raise FvdeployError(f"--speed-batch {speed_batch} is above {m.name}'s batch range "
+                                f"{m.runner.batch_range[0]}..{m.runner.batch_range[1]}: choose at most "
+                                f"{m.runner.batch_range[1]}")
     names = ref.model.labels()
     if confusion_plot and len(names) > MAX_PLOTTED_CLASSES:
         raise FvdeployError(f"--plot draws confusion matrices of up to {MAX_PLOTTED_CLASSES} classes; the model has "
                             f"{len(names)} (the JSON has them all)")
     data = open_labelled(data_dir, ClassMap.of(len(names), ref.model.class_names), labels_file, limit)
+    for line in (data.mapping_text(), *(f"not read: {what}" for what in data.passed_over)):
+        console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
     with contextlib.ExitStack() as stack:
         for m in [ref, *members]:
             stack.enter_context(m.runner)
@@ -192,9 +212,9 @@ def evaluate(paths: list[Path], data_dir: Path, model: ModelRequest, runtime: Ru
             row["speed"] = timings[m.name]
         rows.append(row)
     report = {"data": {**data.describe(), "images": ref.tally.images, "skipped": skipped}, "classes": names,
-              "reference": ref.name, "results": rows}
+              "reference": ref.name, "results": rows, "not_run": not_run}
     if timings:
-        report["machine"] = machine(runtime.threads)
+        report["machine"], report["order"] = machine(runtime.threads), order_facts()
     return report
 
 

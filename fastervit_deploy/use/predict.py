@@ -54,6 +54,11 @@ def model_of(artifact: str | Path | Artifact) -> ModelDescription:
 def preprocess_images(images: Iterable[str | Path | Image.Image], artifact: str | Path | Artifact) -> np.ndarray:
     """The batch the artifact's input takes, ``[N, 3, H, W]`` float32, from image files or PIL images: the
     model's own evaluation preprocessing (resize by crop_pct, centre crop, normalise), as `fvdeploy predict` does."""
+    if isinstance(images, (str, Path, Image.Image)):  # one image, not the characters of its name
+        images = [images]
+    images = list(images)
+    if not images:
+        raise FvdeployError("preprocess: no images given (a list of image files or PIL images)")
     desc = model_of(artifact)
     return np.stack([preprocess(img.convert("RGB") if isinstance(img, Image.Image) else open_image(Path(img)),
                                 desc.resolution, desc.preprocessing) for img in images])

@@ -5,6 +5,7 @@ Triton's Python backend runs this file in the server's own Python. FVDEPLOY_PYTH
 server) adds the folders that hold numpy and onnxruntime there; in NVIDIA's container, pip-install them.
 """
 
+import json
 import os
 import site
 
@@ -22,6 +23,11 @@ class TritonPythonModel:
         here = os.path.dirname(os.path.abspath(__file__))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("FVDEPLOY_ORT_THREADS", "0"))
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        if parameters.get("fvdeploy.precision", {}).get("string_value") == "fp8":
+            # FP8 Q/DQ on onnxruntime's CPU: its QDQ fusions take float8 for int8; the basic level runs the FP8
+            # Quantize/DequantizeLinear kernels (fastervit_deploy/onnx/runner.py says the same)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
