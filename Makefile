@@ -33,12 +33,17 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+DEMO := build/demo/faster_vit_0_any_res_576x960.onnx
+
 demo: install
 	$(BIN)/fvdeploy models
-	$(BIN)/fvdeploy export-onnx --model faster_vit_0_any_res --resolution 576 960 --output build/demo/faster_vit_0_any_res_576x960.onnx --overwrite
-	$(BIN)/fvdeploy inspect build/demo/faster_vit_0_any_res_576x960.onnx
-	$(BIN)/fvdeploy verify build/demo/faster_vit_0_any_res_576x960.onnx --model faster_vit_0_any_res --resolution 576 960 --batch 2
-	@echo "Demo used random weights. Add --checkpoint fastervit_0_224_1k.pth.tar to export real weights."
+	$(BIN)/fvdeploy export-onnx --model faster_vit_0_any_res --resolution 576 960 --pretrained --output $(DEMO) --overwrite \
+	  || { echo "demo: NVIDIA's weights could not be fetched (the line above says why): going on with seeded checkpoint-like weights"; \
+	       $(BIN)/fvdeploy export-onnx --model faster_vit_0_any_res --resolution 576 960 --output $(DEMO) --overwrite; }
+	$(BIN)/fvdeploy inspect $(DEMO)
+	$(BIN)/fvdeploy verify $(DEMO) --batch 2
+	@$(BIN)/python -c "import json; c = json.load(open('$(DEMO).json'))['model']['checkpoint']; \
+	  print('demo weights:', c['as_given'] + ' (NVIDIA, sha256 ' + c['sha256'][:12] + '...)' if c else 'seeded checkpoint-like random weights')"
 
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q

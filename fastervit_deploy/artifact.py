@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .core.model_spec import ModelDescription, resolve_model
+from .core.model_spec import ModelDescription, checkpoint_file, resolve_model
 from .core.options import ModelRequest, RunOptions
 from .core.precision import Precision
 from .core.record import (
@@ -74,17 +74,19 @@ def _graph_precision(path: Path, fmt: Format) -> Precision:
 def _with_model_options(record: ArtifactRecord, path: Path, given: ModelRequest) -> ModelDescription:
     """The record's model, with the model options given checked against it."""
     ours = record.model
-    if set(given.given) <= {"checkpoint"} and not given.overrides:  # where the checkpoint is now
+    if set(given.given) <= {"checkpoint", "pretrained"} and not given.overrides:  # where the checkpoint is now
         if ours.checkpoint is None:
             raise FvdeployError(f"{path.name} was made from random weights (seed {ours.seed}), not a checkpoint: "
-                                "leave out --checkpoint")
-        digest = sha256(given.checkpoint) if Path(given.checkpoint).is_file() else None
+                                f"leave out {' '.join(given.given_flags())}")
+        local, remote = checkpoint_file(given if given.model else given.replace(model=ours.name))
+        named = remote.uri if remote is not None else str(given.checkpoint)
+        digest = sha256(local) if Path(local).is_file() else None
         if digest is None:
-            raise FvdeployError(f"checkpoint not found: {given.checkpoint}")
+            raise FvdeployError(f"checkpoint not found: {named}")
         if digest != ours.checkpoint.sha256:
-            raise FvdeployError(f"checkpoint {given.checkpoint} is not the one {path.name} was made from (sha256 "
+            raise FvdeployError(f"checkpoint {named} is not the one {path.name} was made from (sha256 "
                                 f"{digest[:12]}… vs recorded {ours.checkpoint.sha256[:12]}…)")
-        moved = dataclasses.replace(ours.checkpoint, path=Path(given.checkpoint).resolve(), as_given=str(given.checkpoint))
+        moved = dataclasses.replace(ours.checkpoint, path=Path(local).resolve(), as_given=named)
         return ours.replace(checkpoint=moved)
     if "seed" in given.given and ours.checkpoint is not None:
         raise FvdeployError(f"--seed sets random weights: {path.name} was made from a checkpoint")

@@ -156,6 +156,10 @@ def _check_calibration(precision: Precision, calibration: CalibrationOptions) ->
         given = Path(calibration.calib_dir)
         raise FvdeployError(f"--calib-dir {given} is a file: give the folder of calibration images" if given.exists()
                             else f"calibration folder not found: {given}")
+    if precision.quantized and calibration.calib_dir is not None and not calibration.cache_hit:
+        from .data.images import list_images
+
+        list_images(calibration.calib_dir)  # a folder without images is refused now, not after the first step
     cache = calibration.calib_cache
     if cache is not None and not calibration.cache_hit and precision.quantized:  # written after calibrating
         if Path(cache).is_dir():

@@ -265,7 +265,8 @@ def _groups_samples():
 
     # Every reproduced field of each group away from its default (PrecisionFlags: one flag at a time).
     return [
-        ModelRequest("faster_vit_0_any_res", checkpoint=Path("ck.pth"), resolution=(160, 288), window_size=(7, 7, 12, 6),
+        ModelRequest("faster_vit_0_any_res", pretrained=True, checkpoint=Path("ck.pth"), resolution=(160, 288),
+                     window_size=(7, 7, 12, 6),
                      ct_size=3, seed=4, features=(1, 3), checkpoint_prefix="backbone.0.", labels=Path("names.txt")),
         BatchProfile(2, 6), TunedBatchProfile(2, 6, 4),
         OnnxOptions(18, Simplifier.none, False, True), OnnxOptions(external_data=True),
@@ -277,7 +278,7 @@ def _groups_samples():
         BuilderOptions(TensorRTRuntime.tensorrt_rtx, ("8.9", "12.0"), Path("t.cache"), 2.5, 4, True),
         AccuracyTarget(Path("val"), Path("val.txt"), 64, Fallback.auto, 0.5, 3), LabelledData(Path("val"), Path("v.txt"), 9),
         CoreMLOptions(Precision.fp32, 4, ComputeUnits.cpu_only, DeploymentTarget.iOS18, True, ((224, 224), (160, 288))),
-        RunOptions(Provider.cuda, 3), ImagesOption(Path("imgs")), OnnxSource(Path("m.onnx")),
+        RunOptions(Provider.cuda, 1), ImagesOption(Path("imgs")), OnnxSource(Path("m.onnx")),
         TritonOptions(Path("repo"), ("a", "b"), 2, 3, 50, (2, 8), TritonBackend.python, InstanceKind.cpu, True, True, True),
         Tolerance(1e-3, 0.9, 0.5),
     ]

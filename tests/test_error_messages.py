@@ -314,3 +314,29 @@ def test_a_backbone_and_its_classifier_get_different_default_files():
     backbone = resolve_model(ModelRequest("faster_vit_0_any_res", resolution=(576, 960), features=(1, 2, 3)))
     assert classifier.stem == "faster_vit_0_any_res_576x960"
     assert backbone.stem == "faster_vit_0_any_res_576x960_features_s8-s32"
+
+
+def test_small_things_said_before_the_work(tiny_onnx, tmp_path):
+    """Refused only after the first step, or not at all: each is now one line before anything runs."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, pattern in ((["verify", tiny_onnx, "--batch", 100], r"--batch 100 is outside m\.onnx's batch range 1\.\.64"),
+                          (["quantize", tiny_onnx, "--int8", "--calib-dir", empty], r"no images .* in .*empty"),
+                          (["verify", tiny_onnx, "--threads", 1000], r"--threads 1000: this machine has \d+ cores")):
+        result = cli(*args)
+        assert_one_line_error(result, pattern, 2)
+        assert "✓" not in result.output, args
+
+
+def test_a_labels_file_names_images_of_its_folder_only_and_counts_read_right(tiny_onnx, tmp_path):
+    data, outside = tmp_path / "flat", tmp_path / "elsewhere"
+    for folder in (data, outside):
+        folder.mkdir()
+        skimage_photos()[0].resize((32, 32)).save(folder / "a.png")
+    (tmp_path / "labels.txt").write_text("a.png 1\n../elsewhere/a.png 2\n")
+    result = cli("evaluate", tiny_onnx, "--data", data, "--labels-file", tmp_path / "labels.txt")
+    assert_one_line_error(result, r"names \.\./elsewhere/a\.png, which is outside --data", 2)
+    (tmp_path / "one.txt").write_text("a.png 1\n")
+    result = cli("evaluate", tiny_onnx, "--data", data, "--labels-file", tmp_path / "one.txt")
+    assert result.exit_code == 0, result.output
+    assert "(1 class)" in result.output and "(1 classes)" not in result.output

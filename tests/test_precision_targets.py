@@ -122,7 +122,7 @@ def test_a_tensorrt_graph_on_the_cpu_provider_says_so_in_one_line(digits_targets
 @uses_targets
 def test_build_trt_refuses_cpu_graphs_and_fp8_below_compute_capability_8_9(digits_targets, tmp_path):
     assert_one_line_error(cli("build-trt", "--onnx", digits_targets["cpu"]), r"made for onnxruntime's CPU kernels .* build "
-                          r"engines from the FP32 ONNX \(digits.onnx\) with --int8", 2)
+                          r"engines from the FP32 ONNX \(/\S*/digits\.onnx\) with --int8", 2)  # a path that runs
     assert unsupported_precision("fp8", "8.6").startswith("FP8 engines need compute capability 8.9")
     assert unsupported_precision("fp8", "8.9") is None and unsupported_precision("fp8", "9.0") is None
     assert unsupported_precision("int8", "7.5") is None
@@ -145,6 +145,18 @@ def test_triton_serves_the_fp8_graph(digits_targets, tmp_path):
     config = parse_config(repo / "fp8" / "config.pbtxt")
     assert config.platform == "onnxruntime_onnx" and config.parameters["fvdeploy.precision"].string_value == "fp8"
     assert (repo / "fp8" / "1" / "model.onnx").read_bytes() == digits_targets["fp8"].read_bytes()
+
+
+@uses_targets
+def test_a_cpu_int8_graph_is_not_served_through_tensorrt_and_on_gpus_with_a_note(digits_targets, tmp_path):
+    cpu = digits_targets["cpu"]
+    assert_one_line_error(cli("triton", cpu, "--repository", tmp_path / "a", "--ort-tensorrt"),
+                          r"--ort-tensorrt: digits_cpu\.onnx was made for onnxruntime's CPU kernels", 2)
+    assert not (tmp_path / "a").exists()
+    result = cli("triton", cpu, "--repository", tmp_path / "b")
+    assert result.exit_code == 0 and "note: digits_cpu.onnx was made for onnxruntime's CPU kernels" in \
+        " ".join(result.output.split())
+    assert "note:" not in cli("triton", cpu, "--repository", tmp_path / "c", "--instance-kind", "cpu").output
 
 
 @uses_targets

@@ -81,8 +81,20 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path):
     result = run_limited(["export-onnx", "--model", "faster_vit_0_224", "--checkpoint", ckpt, "-o", "out/m.onnx"],
                          tmp_path, resource.RLIMIT_FSIZE, 256 << 10)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "error: File too large" and "Traceback" not in result.stderr
+    # the line names the file it was writing (a full disk's "No space left on device" named none)
+    assert result.stderr.strip().splitlines()[-1] == "error: File too large: out/m.onnx", result.stderr
+    assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pth.tar"]
+
+
+def test_reports_are_written_together_or_not_at_all(tmp_path):
+    """The --json stayed when the --plot after it failed; now the plot goes first and a failure leaves neither."""
+    src, _ = export_tiny(tmp_path, filename="t.onnx", verify=False)
+    result = run_limited(["benchmark", src, "--batch", 1, "--warmup", 0, "--iterations", 1, "--no-pytorch",
+                          "--json", "b.json", "--plot", "b.png"], tmp_path, resource.RLIMIT_FSIZE, 8 << 10)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: File too large: b.png", result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.onnx", "t.onnx.json"]
 
 
 def test_out_of_memory_during_export_is_one_line(tmp_path):

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import os
 import re
 import shlex
 import signal
@@ -124,6 +125,13 @@ def test_served_by_tritonserver_matches_pytorch_and_batches_under_load(triton_ar
                             for b in encoded])
         with TorchRunner(desc.build(), desc.input, desc.outputs) as torch_runner:
             assert np.abs(via_bytes - torch_runner.infer(decoded)["logits"]).max() <= 1e-4
+        # bytes that are no image: an error for that request (HTTP 400), not a server error with PIL's traceback
+        junk = tritonclient_http.InferInput("image_bytes", [1, 1], "BYTES")
+        junk.set_data_from_numpy(np.array([b"not an image"], dtype=object).reshape(1, 1))
+        with pytest.raises(Exception) as refused:
+            client.infer("cls_ensemble", [junk])
+        assert "not a JPEG/PNG image" in str(refused.value) and "Traceback" not in str(refused.value)
+        assert refused.value.status() == "400"  # the client's error, not the server's
         # 3. bounded load: 200 single-image requests from 8 clients, every answer checked
         with OnnxRuntimeRunner(classifier) as local:
             answers = {i: local.infer(x[i : i + 1])["logits"] for i in range(len(x))}
@@ -267,9 +275,12 @@ def test_the_local_server_and_its_stubs_end_with_fvdeploy(triton_artifacts, tmp_
     assert cli("triton", classifier, "--repository", repo, "--backend", "python").exit_code == 0
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    proc = spawn(["triton-serve", repo, "--http-port", free_port()], tmp_path, tmpdir)
+    port = free_port()
+    proc = spawn(["triton-serve", repo, "--http-port", port], tmp_path, tmpdir)
     wait_for_line(proc, "tritonserver ready", limit_s=120)
     assert len(_processes_mentioning(str(repo.resolve()))) >= 2  # the server and a Python-backend stub
+    regions = f"fvdeploy-{proc.pid}-{port}-*"  # the Python backend's shared memory, named by fvdeploy
+    assert list(Path("/dev/shm").glob(regions))
     returncode, took, rest = interrupt(proc, sig, to_group=sig == signal.SIGINT)
     assert returncode == code and took < 5, (returncode, took, rest)
     assert "Traceback" not in rest
@@ -277,7 +288,25 @@ def test_the_local_server_and_its_stubs_end_with_fvdeploy(triton_artifacts, tmp_
     while _processes_mentioning(str(repo.resolve())) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_mentioning(str(repo.resolve())) == [], "tritonserver or a stub outlived fvdeploy"
-    assert leftovers(tmpdir) == []
+    assert leftovers(tmpdir) == [] and list(Path("/dev/shm").glob(regions)) == []  # they stayed behind
+
+
+def test_a_server_killed_from_outside_is_said_as_such(triton_artifacts, tmp_path):
+    """It printed the server log's last error, a GPU probe at start-up ("CudaDriverHelper has not been
+    initialized"), which has nothing to do with why it stopped."""
+    _, classifier, _ = triton_artifacts
+    repo = tmp_path / "repo-killed"
+    assert cli("triton", classifier, "--repository", repo, "--backend", "python").exit_code == 0
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = spawn(["triton-serve", repo, "--http-port", free_port()], tmp_path, tmpdir)
+    wait_for_line(proc, "tritonserver ready", limit_s=120)
+    server = next(pid for pid in _processes_mentioning(str(repo.resolve()))
+                  if b"tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0])
+    os.kill(server, signal.SIGKILL)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 2 and rest.strip().splitlines()[-1] == \
+        "error: tritonserver was ended by SIGKILL, not by fvdeploy", rest
 
 
 def readme_block(after: str) -> str:

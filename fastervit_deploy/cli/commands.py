@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -69,6 +69,23 @@ def _check_reports(overwrite: bool, inputs: list[Path], folders: tuple[Path | No
 def _write_json(path: Path | None, data: dict, overwrite: bool) -> None:
     if path is not None:
         write_text_atomic(path, jsontext.dumps(data) + "\n", overwrite)
+
+
+def _write_reports(json_path: Path | None, data: dict, overwrite: bool,
+                   plots: tuple[tuple[Callable[[Path], None], Path | None], ...] = ()) -> None:
+    """A command's --plot files, then its --json: together or not at all (one failing, a full disk say, removes
+    those this command wrote before it: a JSON without the plot it describes was left behind)."""
+    written: list[Path] = []
+    try:
+        for draw, path in plots:
+            if path is not None:
+                draw(path)
+                written.append(Path(path))
+        _write_json(json_path, data, overwrite)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _wrote(record: ArtifactRecord, output: Path) -> None:
@@ -206,9 +223,8 @@ def benchmark(
     report = run_benchmark(artifacts, model, runtime, sizes, warmup, iterations, pytorch, console)
     stdout.print(results_table(report["results"]))
     console.print(f"runner order: {report['order']['rule']}, seed {report['order']['seed']}", highlight=False)
-    _write_json(json_path, report, overwrite)
+    _write_reports(json_path, report, overwrite, ((lambda p: plot(report, p, overwrite), plot_path),))
     if plot_path is not None:
-        plot(report, plot_path, overwrite)
         console.print(f"plot written to {plot_path}")
 
 
@@ -252,11 +268,8 @@ def evaluate(
     failures = drops_over(report, max_drop) if max_drop is not None else []
     report.update(max_drop=max_drop, passed=not failures)
     stdout.print(evaluate_table(report))
-    _write_json(json_path, report, overwrite)
-    if plot_path is not None:
-        plot_confusion(report, plot_path, overwrite)
-    if speed_plot is not None:
-        plot_speed(report, speed_plot, overwrite)
+    _write_reports(json_path, report, overwrite, ((lambda p: plot_confusion(report, p, overwrite), plot_path),
+                                                  (lambda p: plot_speed(report, p, overwrite), speed_plot)))
     if failures:
         raise CheckFailed("; ".join(failures))
 
@@ -296,9 +309,7 @@ def debug(
                   if first else "every compared tensor is within tolerance", highlight=False)
     if report.get("sensitivity"):
         stdout.print(sensitivity_table(report["sensitivity"]))
-    _write_json(json_path, report, overwrite)
-    if plot_path is not None:
-        plot(report, plot_path, overwrite)
+    _write_reports(json_path, report, overwrite, ((lambda p: plot(report, p, overwrite), plot_path),))
 
 
 def quantize(
@@ -363,6 +374,9 @@ def triton(
     from ..triton.repository import write
 
     models, written = write(artifacts, options)
+    for model in models:
+        if model.note:
+            console.print(model.note, markup=False, highlight=False, soft_wrap=True)
     for model in models:
         console.print(f"  {model.name}: {model.backend.value}, batch 1..{model.max_batch}, "
                       f"{len(model.record.outputs)} output(s)", highlight=False)

@@ -22,6 +22,7 @@ from fastervit.registry import any_res_variant, get_entry, instantiate
 
 from ..system.errors import FvdeployError
 from ..system.files import sha256
+from ..system.hub import HubFile, fetch, published, remote_checkpoint
 from ..system.resources import check_fits
 from .classes import class_names, read_labels_file
 from .options import ModelRequest
@@ -181,6 +182,19 @@ def _square_only_error(name: str, resolution: tuple[int, int]) -> FvdeployError:
     return FvdeployError(f"{name} takes square inputs{hint}")
 
 
+def checkpoint_file(req: ModelRequest) -> tuple[Path | None, HubFile | None]:
+    """The local checkpoint file a request names, and the hub file it came from: --pretrained (the variant's
+    published file) and hub checkpoints are fetched into the Hugging Face cache and checked against the hub's
+    sha256 first."""
+    if req.pretrained and req.checkpoint is not None:
+        raise FvdeployError("give --pretrained (NVIDIA's weights of the variant) or --checkpoint, not both")
+    if req.pretrained and req.model is None:
+        raise FvdeployError("--pretrained fetches a variant's published weights: give --model NAME")
+    remote = published(get_entry(req.model).pretrained.checkpoint_file) if req.pretrained else \
+        remote_checkpoint(req.checkpoint)
+    return (fetch(remote) if remote is not None else req.checkpoint), remote
+
+
 def resolve_model(req: ModelRequest) -> ModelDescription:
     """Resolve ``req`` completely (cheap: the checkpoint is mapped, not read)."""
     if req.model is None:
@@ -188,12 +202,13 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
     entry = get_entry(req.model)
     overrides: dict[str, Any] = {}
     checkpoint, saved_names, notes = None, None, []
-    if req.checkpoint is not None:
+    local, remote = checkpoint_file(req)
+    if local is not None:
         from fastervit.checkpoint import (STEM, extract_state_dict, has_feature_norms, nested_prefix, read_checkpoint,
                                           saved_config, take_prefix)
 
-        contents = read_checkpoint(req.checkpoint, mmap=True)  # CheckpointError: missing, damaged, runs code
-        checkpoint = CheckpointRef(Path(req.checkpoint).resolve(), sha256(req.checkpoint), str(req.checkpoint),
+        contents = read_checkpoint(local, mmap=True)  # CheckpointError: missing, damaged, runs code
+        checkpoint = CheckpointRef(Path(local).resolve(), sha256(local), remote.uri if remote else str(local),
                                    req.checkpoint_prefix)
         # fvdeploy checkpoints carry their architecture; options given on the command line still win.
         overrides.update({k: v for k, v in saved_config(contents).items() if k != "any_res"})
@@ -201,7 +216,7 @@ def resolve_model(req: ModelRequest) -> ModelDescription:
         nested = nested_prefix(state)
         if nested is not None:  # now, not as hundreds of missing and unexpected keys after the model is built
             prefix = req.checkpoint_prefix + nested
-            raise FvdeployError(f"{Path(req.checkpoint).name}: the model's keys are under {prefix!r} (its stem: "
+            raise FvdeployError(f"{Path(local).name}: the model's keys are under {prefix!r} (its stem: "
                                 f"{prefix}{STEM}*): pass --checkpoint-prefix {prefix}")
         if req.features is not None and has_feature_norms(state):
             overrides["feature_norms"] = True  # a detection backbone's per-level norms

@@ -8,13 +8,21 @@ before any of those load: a bad path is refused at once.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from ..system.errors import FvdeployError
+from ..system.hub import remote_checkpoint
 from .declare import Choice, OptionGroup, ints, joined, option
 from .precision import FP32_OPS, Precision, QuantTarget
+
+
+def _checkpoint_words(path: Path) -> list[str]:
+    """A checkpoint as a command line gives it again (a hub file as hf://..., which a Path spells hf:/...)."""
+    remote = remote_checkpoint(path)
+    return [remote.uri if remote is not None else str(path)]
 
 
 @dataclass(frozen=True)
@@ -24,8 +32,13 @@ class ModelRequest(OptionGroup):
     PANEL = "Model"
 
     model: str | None = option(None, "Registered variant (see `fvdeploy models`).", flags=("--model", "-m"))
-    checkpoint: Path | None = option(None, "Official .pth.tar or fvdeploy checkpoint; without it, seeded "
-                                           "checkpoint-like random weights.")
+    pretrained: bool = option(False, "NVIDIA's published weights of the variant (the file its configuration is "
+                                     "initialised from), fetched once into the Hugging Face cache and checked "
+                                     "against the hub's sha256; HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE apply.",
+                              flags=("--pretrained",))
+    checkpoint: Path | None = option(None, "Official .pth.tar or fvdeploy checkpoint: a file, hf://OWNER/REPO/FILE "
+                                           "or a hub's https://.../resolve/... URL; without it (or --pretrained), "
+                                           "seeded checkpoint-like random weights.", text=_checkpoint_words)
     resolution: tuple[int, int] | None = option(None, "Input height and width (one value: square; default: the "
                                                       "variant's).", metavar="H W", one_for_both=True)
     window_size: tuple[int, ...] | None = option(
@@ -377,10 +390,18 @@ class RunOptions(OptionGroup):
 
     provider: Provider = option(Provider.cpu, "onnxruntime execution provider (cuda and tensorrt need "
                                               "onnxruntime-gpu).")
-    threads: int | None = option(None, "CPU threads for onnxruntime and PyTorch.", min=1)
+    threads: int | None = option(None, "CPU threads for onnxruntime and PyTorch (at most this machine's cores).",
+                                 min=1)
     # Interleaved timing (benchmark, evaluate --speed): onnxruntime's idle intra-op threads spin-wait after a
     # run and take the cores from the next runner; measured, identical graphs then timed 1.17x vs 1.42x.
     spinning: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        cores = os.cpu_count() or 1
+        if self.threads is not None and self.threads > cores:  # it ran, slower, without a word
+            raise FvdeployError(f"--threads {self.threads}: this machine has {cores} cores (more threads than cores "
+                                "only take turns on them)")
 
 
 @dataclass(frozen=True)

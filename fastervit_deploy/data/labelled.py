@@ -155,6 +155,9 @@ def _rows(path: Path) -> list[tuple[str, str]]:
 
 def _find(root: Path, name: str) -> Path | None:
     path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise FvdeployError(f"the labels file names {name}, which is outside --data {root}: it lists the images of "
+                            "that folder only")
     if path.is_file():
         return path
     for suffix in sorted(IMAGE_SUFFIXES | {s.upper() for s in IMAGE_SUFFIXES}):  # ImageIds come without one

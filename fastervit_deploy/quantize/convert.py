@@ -42,7 +42,7 @@ from ..onnx.runner import OnnxRuntimeRunner
 from ..system.errors import CheckFailed, FvdeployError, MissingDependency
 from ..system.files import atomic_output, write_text_atomic
 from ..system.machine import cpu
-from ..system.progress import Steps
+from ..system.progress import Steps, counted
 from ..system.resources import release_memory
 from ..system.workers import in_child_process
 from .calibration import Calibration, Ranges, cache_text, calibrate, calibration_files, read_cache, symmetric_scales
@@ -261,7 +261,7 @@ def fallback(job: QuantizeJob, tmp: Path, fp32: onnx.ModelProto, placement: Plac
     if not tried[-1]["meets"]:
         best = max(tried, key=Scorer.goodness)
         raise CheckFailed(f"--fallback auto cannot meet the target: the best reached is {describe(best)} with "
-                          f"{len(best['kept'])} groups kept in {placement_float(job)} (tried {len(tried)}, most "
+                          f"{counted(len(best['kept']), 'group')} kept in {placement_float(job)} (tried {len(tried)}, most "
                           f"sensitive first: {', '.join(tried[-1]['kept'][:3])}{' ...' if len(tried) > 3 else ''})")
     steps.note(f"--fallback auto: {len(kept)} group(s) kept in {placement_float(job)} meet the target: "
                f"{', '.join(g.op for g in kept)}")

@@ -241,6 +241,11 @@ def atomic_output(path: str | Path, overwrite: bool = False, package: str | None
             with scratch_folder(path.parent, prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX) as tmpdir:
                 yield tmpdir / path.name
                 _publish(tmpdir, path, overwrite, package)
+        except OSError as err:
+            if err.filename or not err.strerror:
+                raise
+            # A full disk while writing names no file ("No space left on device"): name the output it was for.
+            raise OSError(err.errno, err.strerror, str(path)) from err
         finally:
             remove_created()
 

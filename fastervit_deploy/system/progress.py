@@ -83,3 +83,8 @@ def progress_bar(console: Console, unit: str | None = None, transient: bool = Fa
     if unit is not None:
         columns += [RateColumn(unit), TextColumn("left"), TimeRemainingColumn()]
     return Progress(*columns, console=console, transient=transient)
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """``1 class``, ``2 classes``: a count with its noun in the right number."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"

@@ -15,6 +15,7 @@ fvdeploy ends, however it ends, and dies with fvdeploy if fvdeploy is killed (pa
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import os
 import shutil
@@ -32,6 +33,8 @@ from ..system.files import scratch_folder, shown
 
 STUB_NUMPY = Path(sys.prefix) / "triton-stub"
 SERVER_WHEEL = Path(sys.prefix) / "triton-server"  # `make install` puts nvidia-pytriton here (--target)
+SHARED_MEMORY = "/dev/shm"
+PYTHON_ENV_FOLDERS = "/tmp/python_env_*"  # the Python backend's mkdtemp template (not TMPDIR)
 
 
 def wheel_root() -> Path:
@@ -116,6 +119,10 @@ class LocalTritonServer:
         self.ready_timeout_s = ready_timeout_s
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
+        # What the Python backend leaves behind when its server is stopped hard: shared-memory regions (named with
+        # a prefix of ours, so exactly ours are removed) and an empty /tmp/python_env_* folder (a fixed template).
+        self.shm_prefix = f"fvdeploy-{os.getpid()}-{self.port}-"
+        self._env_folders_before: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -142,7 +149,9 @@ class LocalTritonServer:
         command = [str(root / "tritonserver" / "bin" / "tritonserver"), "--model-repository", str(self.repository),
                    "--backend-directory", str(backend_folder(work)), "--http-address", "127.0.0.1",
                    "--http-port", str(self.port), "--allow-grpc", "false", "--allow-metrics", "false",
-                   "--exit-on-error", "true", "--exit-timeout-secs", "2"]  # stopping waits at most 2 s for requests
+                   "--exit-on-error", "true", "--exit-timeout-secs", "2",  # stopping waits at most 2 s for requests
+                   "--backend-config", f"python,shm-region-prefix-name={self.shm_prefix}"]
+        self._env_folders_before = set(glob.glob(PYTHON_ENV_FOLDERS))
         # Registered before the server exists: it runs in its own session, so only we can stop it.
         self._stack.enter_context(lifecycle.on_end(self._kill))
         with open(self.log_path, "w") as log:
@@ -157,6 +166,14 @@ class LocalTritonServer:
     def _kill(self) -> None:
         if self.process is not None:
             self._signal_group(signal.SIGKILL)
+            self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        for region in Path(SHARED_MEMORY).glob(self.shm_prefix + "*"):
+            region.unlink(missing_ok=True)
+        for folder in set(glob.glob(PYTHON_ENV_FOLDERS)) - self._env_folders_before:
+            with contextlib.suppress(OSError):  # only empty ones: a folder in use by another server is not
+                os.rmdir(folder)
 
     def _wait_ready(self) -> None:
         import urllib.request
@@ -184,7 +201,10 @@ class LocalTritonServer:
         while self.process.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(0.5)
-        raise FvdeployError(f"tritonserver exited ({self.process.returncode}): {self.log_tail()}")
+        code = self.process.returncode
+        if code < 0:  # ended from outside: its log's last errors (a GPU probe at start-up) would be another story
+            raise FvdeployError(f"tritonserver was ended by {signal.Signals(-code).name}, not by fvdeploy")
+        raise FvdeployError(f"tritonserver exited ({code}): {self.log_tail()}")
 
     def __exit__(self, exc_type=None, *exc) -> None:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
@@ -195,7 +215,7 @@ class LocalTritonServer:
                     self._signal_group(signal.SIGTERM)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self.process.wait(2.5)
-                self._kill()  # stubs that outlived the server, and a server that would not stop
+                self._kill()  # stubs that outlived the server, and a server that would not stop (and their files)
                 self.process.wait()
         finally:
             self._stack.close()  # the server's folder (logs, backend) and its registration with ``lifecycle``

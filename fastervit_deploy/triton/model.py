@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..artifact import Artifact, open_artifact, read_recorded
 from ..core.options import InstanceKind, TritonBackend, TritonOptions
+from ..core.precision import QuantTarget
 from ..core.record import ArtifactRecord, FormatKey, RecordedArtifact
 from ..core.tensors import class_output
 from ..formats import FORMATS
@@ -29,6 +30,7 @@ class TritonModel:
     name: str
     backend: TritonBackend
     kind: InstanceKind
+    note: str | None = None  # said when the repository is written (serving it as asked works, but not as meant)
 
     @property
     def record(self) -> ArtifactRecord:
@@ -93,8 +95,17 @@ def resolve(path: Path, opts: TritonOptions, name: str | None) -> TritonModel:
         raise FvdeployError("a TensorRT plan runs on a GPU: --instance-kind cpu is for ONNX")
     if opts.ort_tensorrt and backend is not TritonBackend.onnxruntime:
         raise FvdeployError("--ort-tensorrt is the onnxruntime backend's option (ONNX artifacts)")
+    note = None
+    if record.target is QuantTarget.onnxruntime_cpu:
+        if opts.ort_tensorrt:
+            raise FvdeployError(f"--ort-tensorrt: {path.name} was made for onnxruntime's CPU kernels (uint8 "
+                                "activations, asymmetric), which TensorRT does not take: serve it on CPUs "
+                                "(--instance-kind cpu), or quantize the FP32 ONNX for TensorRT (--target tensorrt)")
+        if kind is InstanceKind.gpu:
+            note = (f"note: {path.name} was made for onnxruntime's CPU kernels, and is served here on GPU instances, "
+                    "where its Q/DQ run through casts (--instance-kind cpu serves it as made)")
     stem = name if name is not None else record.model.stem + (f"_{record.precision}" if record.precision != "fp32" else "")
-    return TritonModel(art, check_model_name(stem, name is not None), backend, kind)
+    return TritonModel(art, check_model_name(stem, name is not None), backend, kind, note)
 
 
 

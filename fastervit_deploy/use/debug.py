@@ -31,7 +31,7 @@ from ..data.labelled import LabelledBatch
 from ..quantize.trials import Scorer, sensitivity
 from ..system.errors import FvdeployError
 from ..system.figures import pyplot, save_png
-from ..system.progress import progress_bar
+from ..system.progress import counted, progress_bar
 
 FP16_MAX = 65504.0
 # Intermediate tensors carry more rounding than the logits (errors average out downstream): the default
@@ -205,7 +205,7 @@ def debug(candidate_path: Path, reference_path: Path | None, images: Path | None
                 labelled.fp32_top1 = Scorer.top1(runner, labelled)
         scorer = Scorer(candidate.record, x, references, tol, workdir, labelled)
         with progress_bar(console, unit="trials") as bar:
-            task = bar.add_task(f"site sensitivity ({len(groups)} groups)", total=len(groups))
+            task = bar.add_task(f"site sensitivity ({counted(len(groups), 'group')})", total=len(groups))
             report["sensitivity"] = sensitivity(cand_model, ref_model, groups, scorer,
                                                 lambda n: bar.update(task, completed=n))
         report["int8"] = scorer.score(cand_model)

@@ -11,6 +11,7 @@ from ..core.precision import TOLERANCES, Tolerance
 from ..core.reference import TorchRunner
 from ..core.runner import in_output_space
 from ..data.images import batch_of, load_batch
+from ..system.errors import FvdeployError
 from ..system.progress import Steps
 
 
@@ -23,6 +24,9 @@ def verify(path: Path, model: ModelRequest, tolerance: Tolerance, runtime: RunOp
         steps.note(note)
     tol = TOLERANCES[record.precision].override(tolerance)
     runner = art.runner(runtime)  # before the reference is built: a runtime this machine lacks is said at once
+    low, high = runner.batch_range
+    if not low <= batch <= high:  # said now, not after the reference is built
+        raise FvdeployError(f"--batch {batch} is outside {art.path.name}'s batch range {low}..{high}")
     with steps("building PyTorch reference"):
         torch_model = desc.build(steps.note)
         read = load_batch(desc.resolution, desc.preprocessing, images, note=steps.note)

@@ -37,6 +37,14 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             encoded = pb_utils.get_input_tensor_by_name(request, self.bytes_name).as_numpy().reshape(-1)
-            batch = np.stack([preprocess(to_rgb(Image.open(io.BytesIO(bytes(b)))), self.size, self.pre) for b in encoded])
+            try:
+                images = [to_rgb(Image.open(io.BytesIO(bytes(b)))) for b in encoded]
+            except Exception as err:  # noqa: BLE001 - the client's bytes: an error for this request, not a traceback
+                message = f"{self.bytes_name} holds bytes that are not a JPEG/PNG image ({type(err).__name__})"
+                invalid = getattr(pb_utils.TritonError, "INVALID_ARG", None)  # HTTP 400 where the backend has it
+                error = pb_utils.TritonError(message, invalid) if invalid is not None else pb_utils.TritonError(message)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            batch = np.stack([preprocess(img, self.size, self.pre) for img in images])
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.input_name, batch)]))
         return responses
