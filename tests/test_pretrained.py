@@ -236,3 +236,17 @@ def test_a_silent_hub_a_full_disk_and_ctrl_c_mid_download(hub, tmp_path):
     for result in (silent, full):
         assert "Traceback" not in result.stderr and list(tmp_path.glob("*.onnx")) == []
 
+
+
+def test_a_hub_url_is_fetched_from_its_own_host_and_recorded_as_given(hub, tmp_path):
+    url = f"{hub.endpoint}{PUBLISHED}"
+    env_elsewhere = Hub()  # HF_ENDPOINT names another hub, which must not be asked
+    try:
+        result = subprocess.run([*FVDEPLOY, "export-onnx", "--model", "faster_vit_0_224", "--checkpoint", url, "-o",
+                                 "m.onnx", "--no-verify"], cwd=tmp_path, env=hub_env(tmp_path, env_elsewhere),
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        env_elsewhere.server_close()
+    assert result.returncode == 0, result.stderr
+    assert [r.split()[0] for r in hub.requests] == ["HEAD", "GET"] and env_elsewhere.requests == []
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["model"]["checkpoint"]["as_given"] == url

@@ -112,7 +112,8 @@ def evaluate_table(report: dict) -> Table:
     """One row per artifact (the reference first): accuracy, and speed when it was measured."""
     speed = any("speed" in r for r in report["results"])
     data = report["data"]
-    table = Table(title=f"{data['images']} images of {data['root']} ({counted(data['classes_present'], 'class', 'classes')})",
+    classes = counted(data["classes_present"], "class", "classes")
+    table = Table(title=f"{data['images']} images of {data['root']} ({classes})",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True,
                   caption="drop: top-1 points below the reference; agree: top-1 agreement with it")
     table.add_column("artifact", overflow="fold")

@@ -20,7 +20,7 @@ from .errors import FvdeployError, MissingDependency
 
 PUBLISHED_REPO = "ahatamiz/FasterViT"  # NVIDIA's FasterViT checkpoints, resolve/main/<file>
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HUB_URL = re.compile(r"^https://[^/]+/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<file>.+)$")
+_HUB_URL = re.compile(r"^(?P<endpoint>https?://[^/]+)/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<file>.+)$")
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,13 @@ class HubFile:
     repo: str
     filename: str
     revision: str = "main"
+    endpoint: str | None = None  # a hub URL's own host; None: HF_ENDPOINT's (huggingface.co by default)
 
     @property
     def uri(self) -> str:
-        """How a command line names it again (``--checkpoint hf://REPO/FILE``)."""
+        """How a command line names it again (``--checkpoint hf://REPO/FILE``, or the hub URL it was given)."""
+        if self.endpoint is not None:
+            return f"{self.endpoint}/{self.repo}/resolve/{self.revision}/{self.filename}"
         return f"hf://{self.repo}/{self.filename}" + (f"@{self.revision}" if self.revision != "main" else "")
 
 
@@ -56,7 +59,7 @@ def remote_checkpoint(given: str | Path | None) -> HubFile | None:
             raise FvdeployError(f"--checkpoint {text}: fvdeploy fetches files of a Hugging Face hub "
                                 "(https://HOST/OWNER/REPO/resolve/REVISION/FILE, or hf://OWNER/REPO/FILE); download "
                                 "other URLs yourself and give the file")
-        return HubFile(match["repo"], match["file"], match["revision"])
+        return HubFile(match["repo"], match["file"], match["revision"], match["endpoint"])
     return None
 
 
@@ -105,7 +108,8 @@ def fetch(wanted: HubFile) -> Path:
     from huggingface_hub import errors
 
     try:
-        snapshot = hub.hf_hub_download(wanted.repo, wanted.filename, revision=wanted.revision, local_files_only=True)
+        snapshot = hub.hf_hub_download(wanted.repo, wanted.filename, revision=wanted.revision, local_files_only=True,
+                                       endpoint=wanted.endpoint)
         return _verified(Path(snapshot), wanted)  # in the cache: no request at all
     except errors.LocalEntryNotFoundError:
         pass
@@ -114,10 +118,12 @@ def fetch(wanted: HubFile) -> Path:
                             "HF_HUB_OFFLINE is set: fetch it once online, or give --checkpoint FILE")
     import httpx2  # huggingface_hub's HTTP client: its transport errors outlive the retries it makes
 
+    endpoint = wanted.endpoint or hub.constants.ENDPOINT
     try:
-        snapshot = hub.hf_hub_download(wanted.repo, wanted.filename, revision=wanted.revision)
+        snapshot = hub.hf_hub_download(wanted.repo, wanted.filename, revision=wanted.revision,
+                                       endpoint=wanted.endpoint)
     except httpx2.TransportError as err:  # a connection dropped mid-file, again and again: the .incomplete stays
-        raise FvdeployError(f"fetching {wanted.uri} from {hub.constants.ENDPOINT} failed: {_cause(err)}; what "
+        raise FvdeployError(f"fetching {wanted.uri} from {endpoint} failed: {_cause(err)}; what "
                             "arrived, if anything, stays unfinished (never loaded) and the next run resumes it") from err
     except errors.RemoteEntryNotFoundError as err:
         raise FvdeployError(f"{wanted.uri}: the hub has no such file (404)") from err
@@ -125,7 +131,7 @@ def fetch(wanted: HubFile) -> Path:
         raise FvdeployError(f"{wanted.uri}: the hub has no repository {wanted.repo} (or it needs a token: "
                             "HF_TOKEN)") from err
     except errors.LocalEntryNotFoundError as err:  # no connection, a timeout: it says which
-        raise FvdeployError(f"cannot reach the hub ({hub.constants.ENDPOINT}) for {wanted.uri}: "
+        raise FvdeployError(f"cannot reach the hub ({endpoint}) for {wanted.uri}: "
                             f"{_cause(err)}; set HF_ENDPOINT for a mirror, or give --checkpoint FILE") from err
     except errors.HfHubHTTPError as err:
         raise FvdeployError(f"the hub answered {wanted.uri} with an error: {str(err).splitlines()[0]}") from err
