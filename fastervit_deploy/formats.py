@@ -1,8 +1,8 @@
 """The one table of artifact formats: key, files, precisions, the commands that make it, its runner, what
 this machine can do with it, and how Triton serves it.
 
-It drives artifact detection, runner choice for verify/benchmark/predict/evaluate, `fvdeploy formats`, default file names and the suffix check of every output path, and
-Triton's platform and file names. Runners and identity readers are heavy (torch, onnxruntime, tensorrt,
+It drives artifact detection, runner choice for verify/benchmark/predict/evaluate, `fvdeploy formats`, default
+file names and the suffix check of every output path, and Triton's platform and file names. Runners and identity readers are heavy (torch, onnxruntime, tensorrt,
 coremltools): the table names them as ``"module:attribute"`` strings, imported when first used
 (``system.lazy.load``), so reading it costs nothing. The converter of each plan stage is named in
 ``plan.CONVERTERS``, beside the job classes.
@@ -96,15 +96,21 @@ def runtime_mismatch(path: Path, record: ArtifactRecord, opts: RunOptions) -> st
 
 def format_for(path: str | Path) -> Format:
     """The format of a file, by its suffix."""
-    name = Path(path).name.lower()
-    matches = [(len(s), fmt) for fmt in FORMATS.values() for s in fmt.suffixes if name.endswith(s)]
-    if matches:
-        return max(matches, key=lambda m: m[0])[1]  # the longest suffix: x.rtx.engine is not a TensorRT engine
-    known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
-    raise FvdeployError(f"unknown artifact type '{Path(path).suffix or Path(path).name}' (known: {known})")
+    return _matched(path)[0]
 
 
 def stem(path: str | Path) -> str:
     """The file name without its format's suffix (``m.rtx.engine`` → ``m``)."""
-    name, fmt = Path(path).name, format_for(path)
-    return name[:-len(next(s for s in sorted(fmt.suffixes, key=len, reverse=True) if name.lower().endswith(s)))]
+    return Path(path).name[:-len(_matched(path)[1])]
+
+
+def _matched(path: str | Path) -> tuple[Format, str]:
+    """The format and the suffix a file name ends in: the longest that matches (x.rtx.engine is not a TensorRT
+    engine, though it ends in .engine)."""
+    name = Path(path).name.lower()
+    matches = [(suffix, fmt) for fmt in FORMATS.values() for suffix in fmt.suffixes if name.endswith(suffix)]
+    if not matches:
+        known = ", ".join(s for f in FORMATS.values() for s in f.suffixes)
+        raise FvdeployError(f"unknown artifact type '{Path(path).suffix or Path(path).name}' (known: {known})")
+    suffix, fmt = max(matches, key=lambda m: len(m[0]))
+    return fmt, suffix

@@ -42,6 +42,10 @@ class LabelledImages:
         what = "class folders" if self.layout == "image-folder" else "labels"
         return f"{len(self.mapping)} {what} matched to the model's classes by {' and '.join(kinds)}, one to one"
 
+    def said(self) -> list[str]:
+        """What every reader of labelled images says: the mapping, and what the folder holds but is not read."""
+        return [self.mapping_text(), *(f"not read: {what}" for what in self.passed_over)]
+
     def describe(self) -> dict:
         counts = Counter(self.labels)
         return {"root": str(self.root), "layout": self.layout, "images_listed": self.listed,
@@ -236,7 +240,7 @@ class LabelledBatch:
         """``--data``: the labelled images (a seeded subset with ``limit``), preprocessed once for ``desc``;
         unreadable files are skipped and told to ``note``."""
         data = open_labelled(folder, ClassMap.of(desc.config.num_classes, desc.class_names), labels_file, limit)
-        for line in (data.mapping_text(), *(f"not read: {what}" for what in data.passed_over)):
+        for line in data.said():
             note(f"{folder}: {line}")
         skipped: list[str] = []
         arrays, labels, pending = [], [], iter(zip(data.files, data.labels))

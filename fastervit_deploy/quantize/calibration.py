@@ -223,8 +223,8 @@ def calibration_files(folder: Path, limit: int) -> tuple[list[Path], dict]:
     return files, sample
 
 
-def calibrate(model: onnx.ModelProto, model_path: Path, needed: set[str], folder: Path, chosen: tuple[list[Path], dict], size: tuple[int, int],
-              pre: Preprocessing, method: CalibrationMethod, workdir: Path, note: Callable[[str], None],
+def calibrate(model: onnx.ModelProto, model_path: Path, needed: set[str], folder: Path, chosen: tuple[list[Path], dict],
+              size: tuple[int, int], pre: Preprocessing, method: CalibrationMethod, workdir: Path, note: Callable[[str], None],
               symmetric: bool = True, advance: Callable[[int], None] = lambda n: None) -> Calibration:
     """Ranges of the ``needed`` activation tensors from the ``chosen`` images of ``folder`` (``calibration_files``),
     streamed in chunks (``advance``: images done). ``model``: the graph at ``model_path``, already loaded."""

@@ -10,13 +10,13 @@ published checkpoints do not change); an unfinished download stays an ``.incompl
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FvdeployError, MissingDependency
+from .files import sha256
 
 PUBLISHED_REPO = "ahatamiz/FasterViT"  # NVIDIA's FasterViT checkpoints, resolve/main/<file>
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -78,14 +78,6 @@ def _import_hub():
     return huggingface_hub
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified(snapshot: Path, wanted: HubFile) -> Path:
     """The cached file, if its bytes are what the hub published (the blob's name is the hub's sha256)."""
     blob = snapshot.resolve()
@@ -93,7 +85,7 @@ def _verified(snapshot: Path, wanted: HubFile) -> Path:
     if not _SHA256.match(published_sha):
         raise FvdeployError(f"the hub published no sha256 for {wanted.uri} (not an LFS file, etag {published_sha}): "
                             "its bytes cannot be checked, so fvdeploy does not load it")
-    actual = _sha256(blob)
+    actual = sha256(blob)
     if actual != published_sha:
         for path in (snapshot, blob):  # never trusted again: the next run fetches it anew
             path.unlink(missing_ok=True)

@@ -193,7 +193,7 @@ def evaluate(paths: list[Path], data_dir: Path, model: ModelRequest, runtime: Ru
         raise FvdeployError(f"--plot draws confusion matrices of up to {MAX_PLOTTED_CLASSES} classes; the model has "
                             f"{len(names)} (the JSON has them all)")
     data = open_labelled(data_dir, ClassMap.of(len(names), ref.model.class_names), labels_file, limit)
-    for line in (data.mapping_text(), *(f"not read: {what}" for what in data.passed_over)):
+    for line in data.said():
         console.print(f"note: {line}", markup=False, highlight=False, soft_wrap=True)
     with contextlib.ExitStack() as stack:
         for m in [ref, *members]:
