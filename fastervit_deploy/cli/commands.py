@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
+from ..core.address import is_address
 from ..core.declare import ints
 from ..core.options import (
     AccuracyTarget,
@@ -24,6 +25,7 @@ from ..core.options import (
     OutputTarget,
     PrecisionFlags,
     RunOptions,
+    ServerOptions,
     TensorRTRuntime,
     TritonOptions,
     BatchProfile,
@@ -148,12 +150,16 @@ def inspect(
         raise typer.Exit(1)
 
 
+ARTIFACT_HELP = "Artifact: .onnx, .plan/.engine, .mlpackage, or a served model triton://HOST:PORT/MODEL."
+
+
 def verify(
-    artifact: Annotated[Path, typer.Argument(help="Artifact: .onnx, .plan/.engine or .mlpackage.")],
+    artifact: Annotated[Path, typer.Argument(help=ARTIFACT_HELP)],
     model: ModelRequest,
     tolerance: Tolerance,
     runtime: RunOptions,
     images: ImagesOption,
+    server: ServerOptions,
     batch: Annotated[int, typer.Option(min=1, help="Images per batch (real images, cycled if fewer).")] = 8,
     json_path: JsonOpt = None,
     overwrite: OverwriteReports = False,
@@ -162,11 +168,14 @@ def verify(
 
     The model, its checkpoint (found by content) and the precision come from the artifact's record;
     model options may only agree with it (or say where the checkpoint is now).
+
+    A served model's record comes from its configuration (`fvdeploy triton` writes it there); a served
+    ensemble (`--preprocess`) is sent the images as PNG, so its server's preprocessing is compared too.
     """
     _check_reports(overwrite, files_read(artifact, model.checkpoint), (images.images,), json=json_path)
     from ..use.verify import verify as run_verify
 
-    result = run_verify(artifact, model, tolerance, runtime, images.images, batch, Steps())
+    result = run_verify(artifact, model, tolerance, runtime, images.images, batch, Steps(), server)
     _write_json(json_path, result, overwrite)
     if not result["passed"]:
         raise CheckFailed("verification failed: " + "; ".join(result["failures"]))
@@ -174,9 +183,11 @@ def verify(
 
 
 def predict(
-    artifact: Annotated[Path, typer.Argument(help="Artifact to run (any format this machine runs).")],
+    artifact: Annotated[Path, typer.Argument(help="Artifact to run (any format this machine runs), or a served model "
+                                                  "triton://HOST:PORT/MODEL.")],
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders of them.", metavar="IMAGE...")],
     runtime: RunOptions,
+    server: ServerOptions,
     top: Annotated[int, typer.Option(min=1, max=100, help="Classes to show per image.")] = 5,
     json_path: JsonOpt = None,
     overwrite: OverwriteReports = False,
@@ -193,30 +204,49 @@ def predict(
 
     found = [f for path in images if path.is_dir() for f in list_images(path)]
     files = [f for path in images for f in (list_images(path) if path.is_dir() else [path])]
-    art = open_artifact(artifact, model=None)
+    art = open_artifact(artifact, model=None, server=server)
     rows = run_predict(art, files, top, runtime, frozenset(found),
                        lambda m: console.print(f"note: {m}", markup=False, highlight=False, soft_wrap=True))
-    _write_json(json_path, {"artifact": str(art.path), "precision": art.record.precision.value,
+    _write_json(json_path, {"artifact": art.location, "precision": art.record.precision.value,
                             "model": art.model.name, "predictions": rows}, overwrite)
     for table in predictions_tables(rows):
         stdout.print(table)
 
 
 def benchmark(
-    artifacts: Annotated[list[Path], typer.Argument(help="Artifacts to time (ONNX here; engines where TensorRT runs).")],
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifacts to time (ONNX here; engines where TensorRT runs), "
+                                                        "or one served model triton://HOST:PORT/MODEL.")],
     model: ModelRequest,
     runtime: RunOptions,
-    batch: Annotated[Optional[list[str]], typer.Option(help="Batch sizes: repeat or comma-separate (default 1,8,32).")] = None,
+    server: ServerOptions,
+    batch: Annotated[Optional[list[str]], typer.Option(help="Batch sizes: repeat or comma-separate (default 1,8,32; "
+                                                            "a served model: one, images per request, default 1).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds per batch size.")] = 3,
     iterations: Annotated[int, typer.Option(min=1, help="Timed rounds per batch size.")] = 10,
     pytorch: Annotated[bool, typer.Option("--pytorch/--no-pytorch", help="Also time PyTorch eager.")] = True,
+    concurrency: Annotated[Optional[list[str]], typer.Option(
+        help="Served model: requests in flight, swept (default 1,2,4,8).", rich_help_panel=ServerOptions.PANEL)] = None,
+    window: Annotated[Optional[float], typer.Option(
+        min=0.05, help="Served model: seconds per measurement window (default 2).",
+        rich_help_panel=ServerOptions.PANEL)] = None,
+    max_windows: Annotated[Optional[int], typer.Option(
+        min=3, help="Served model: windows per concurrency before a step is reported unstable (default 10).",
+        rich_help_panel=ServerOptions.PANEL)] = None,
     json_path: JsonOpt = None,
     plot_path: PlotOpt = None,
     overwrite: OverwriteReports = False,
 ) -> None:
-    """Latency percentiles and throughput per batch size (warm-up excluded), runners interleaved."""
-    sizes = ints("--batch")(batch) or (1, 8, 32)
+    """Latency percentiles and throughput per batch size (warm-up excluded), runners interleaved; or a served
+    model under a concurrency sweep, with the server's own statistics (perf_analyzer's figures)."""
     _check_reports(overwrite, files_read(*artifacts, model.checkpoint), json=json_path, plot=plot_path)
+    if any(is_address(a) for a in artifacts):
+        return _load_test(artifacts, model, server, batch, concurrency, window, max_windows, json_path, plot_path,
+                          overwrite)
+    served_only = [flag for flag, value in (("--concurrency", concurrency), ("--window", window),
+                                            ("--max-windows", max_windows)) if value is not None]
+    if served_only:
+        raise FvdeployError(f"{served_only[0]} is for a served model (triton://HOST:PORT/MODEL)")
+    sizes = ints("--batch")(batch) or (1, 8, 32)
     from ..use.benchmark import benchmark as run_benchmark
     from ..use.benchmark import plot, results_table
 
@@ -228,15 +258,42 @@ def benchmark(
         console.print(f"plot written to {plot_path}")
 
 
+def _load_test(artifacts: list[Path], model: ModelRequest, server: ServerOptions, batch: list[str] | None,
+               concurrency: list[str] | None, window: float | None, max_windows: int | None, json_path: Path | None,
+               plot_path: Path | None, overwrite: bool) -> None:
+    """`benchmark triton://...`: the concurrency sweep; a sweep the server cut short is reported, then said."""
+    if len(artifacts) != 1:
+        raise FvdeployError("benchmark takes one served model at a time (its figures are the server's, not this "
+                            "machine's: they do not interleave with files)")
+    sizes = ints("--batch")(batch) or (1,)
+    if len(sizes) != 1:
+        raise FvdeployError("--batch: a served model is timed at one batch size (images per request)")
+    from ..use.load_test import load_test, plot, steps_tables
+
+    report = load_test(str(artifacts[0]), model, server, ints("--concurrency")(concurrency) or (1, 2, 4, 8), sizes[0],
+                       window or 2.0, max_windows or 10, console)
+    for table in steps_tables(report) if report["steps"] else []:
+        stdout.print(table)
+    console.print(f"measured: {report['rule']['text']}", highlight=False, soft_wrap=True)
+    _write_reports(json_path, report, overwrite,
+                   ((lambda p: plot(report, p, overwrite), plot_path if report["steps"] else None),))
+    if report["incomplete"]:
+        raise FvdeployError(f"the sweep ended early, {report['incomplete']} (the steps before it are reported)")
+
+
 def evaluate(
-    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="Artifacts to evaluate (none: PyTorch alone, from "
-                                                                    "--model).", metavar="[ARTIFACT]...")] = None,
+    artifacts: Annotated[Optional[list[Path]], typer.Argument(help="Artifacts to evaluate, files or served models "
+                                                                    "triton://HOST:PORT/MODEL (none: PyTorch alone, "
+                                                                    "from --model).", metavar="[ARTIFACT]...")] = None,
     labelled: LabelledData = LabelledData(),
     reference: Annotated[Optional[Path], typer.Option(help="Compare with this artifact (e.g. the FP32 ONNX) instead of "
                                                            "PyTorch rebuilt from the first artifact's record.")] = None,
     model: ModelRequest = ModelRequest(),
     runtime: RunOptions = RunOptions(),
+    server: ServerOptions = ServerOptions(),
     batch: Annotated[int, typer.Option(min=1, help="Images read and run at a time.")] = 32,
+    concurrency: Annotated[int, typer.Option(min=1, help="Served models: each batch read is sent as this many "
+                                                         "requests in flight.", rich_help_panel=ServerOptions.PANEL)] = 1,
     max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="Exit 1 if an artifact's top-1 is more than this "
                                                                     "many points below the reference's.")] = None,
     speed: Annotated[bool, typer.Option("--speed", help="Also time every artifact (p50 latency, img/s), interleaved, "
@@ -263,8 +320,8 @@ def evaluate(
     from .tables import evaluate_table
 
     report = run_evaluate(list(artifacts or []), labelled.data, model, runtime, console, labelled.labels_file, reference,
-                          batch, labelled.limit,
-                          speed_batch if speed else None, iterations=iterations, confusion_plot=plot_path is not None)
+                          batch, labelled.limit, speed_batch if speed else None, iterations=iterations,
+                          confusion_plot=plot_path is not None, server=server.replace(concurrency=concurrency))
     failures = drops_over(report, max_drop) if max_drop is not None else []
     report.update(max_drop=max_drop, passed=not failures)
     stdout.print(evaluate_table(report))
@@ -295,6 +352,9 @@ def debug(
                    json=json_path, plot=plot_path)
     if images.images is not None and labelled.data is not None:
         raise FvdeployError("give one of --images and --data")
+    if is_address(reference):
+        raise FvdeployError("debug compares two graphs layer by layer: --reference is the FP32 ONNX file, not a "
+                            "served model (evaluate and verify take triton://...)")
     from ..system.files import scratch_folder
     from ..use.debug import debug as run_debug
     from ..use.debug import plot

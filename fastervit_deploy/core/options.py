@@ -455,3 +455,15 @@ class TritonOptions(OptionGroup):
         super().__post_init__()
         if self.repository is None:
             raise FvdeployError("give --repository DIR")
+
+
+@dataclass(frozen=True)
+class ServerOptions(OptionGroup):
+    """How a served model (``triton://HOST:PORT/MODEL``) is talked to: verify, evaluate, benchmark, predict."""
+
+    PANEL = "Served model (triton://)"
+
+    timeout: float = option(30.0, "Seconds a Triton server may take to answer one request, connecting included, "
+                                  "before the command ends with one line.", min=0.01)
+    # Requests in flight at once (evaluate --concurrency; benchmark sweeps its own list).
+    concurrency: int = 1

@@ -88,11 +88,13 @@ class ParityJob:
 
 
 def run_parity(reference: Callable[[np.ndarray], Outputs], candidate: Runner, batches: Sequence[np.ndarray],
-               tol: Tolerance) -> dict:
-    """Every batch through both; per output and batch figures, overall figures, pass/fail."""
+               tol: Tolerance, encoded: Sequence[Sequence[bytes]] | None = None) -> dict:
+    """Every batch through both; per output and batch figures, overall figures, pass/fail. ``encoded``: the images
+    of each batch as files, for a candidate that preprocesses them itself (``Runner.takes_encoded``)."""
     per_output: dict[str, dict[str, dict]] = {}
-    for batch in batches:
-        ref, out = reference(batch), candidate.infer(batch)
+    for i, batch in enumerate(batches):
+        ref = reference(batch)
+        out = candidate.infer_encoded(encoded[i]) if encoded is not None else candidate.infer(batch)
         for spec in candidate.outputs:
             per_output.setdefault(spec.name, {})[str(len(batch))] = compare(ref[spec.name], out[spec.name], spec.kind)
     outputs = {name: {"batches": b, "overall": merge(list(b.values()))} for name, b in per_output.items()}

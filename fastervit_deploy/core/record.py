@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 from ..version import __version__
 from ..system.errors import FvdeployError
 from ..system.files import published_path, sha256
+from .address import is_address
 from .declare import Choice
 from .model_spec import CheckpointRef, ModelDescription
 from .precision import Precision, QuantTarget
@@ -209,9 +210,11 @@ def _what(identity: Mapping) -> dict:
 
 def files_read(*paths: str | Path | None) -> list[Path]:
     """What a command reads from the paths it was given (none may be one of its outputs): each path, and beside
-    an artifact its sidecar and external data."""
+    an artifact its sidecar and external data. A served model's address (``triton://...``) is no file."""
     found = []
     for path in filter(None, paths):
+        if is_address(path):
+            continue
         found += [Path(path), sidecar_path(path), Path(path).with_name(Path(path).name + ".data")]
     return found
 
@@ -248,8 +251,13 @@ def write_record(artifact: Path, record: ArtifactRecord, base: Path) -> Artifact
     """``<artifact>.json``: the record as it is (its files already named and hashed), paths relative to ``base``,
     the folder the artifact is published in. Every sidecar fvdeploy writes goes through here (a Triton model
     folder's copy of an artifact too)."""
-    sidecar_path(artifact).write_text(json.dumps(record.to_dict(base), indent=2, default=_jsonable) + "\n")
+    sidecar_path(artifact).write_text(record_json(record, base, indent=2) + "\n")
     return record
+
+
+def record_json(record: ArtifactRecord, base: Path | None = None, indent: int | None = None) -> str:
+    """The whole record as JSON text (a sidecar's, or what a Triton config carries)."""
+    return json.dumps(record.to_dict(base), indent=indent, default=_jsonable)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -344,16 +352,17 @@ def read_artifact(artifact: str | Path, embedded_identity: IdentityReader) -> Re
     return RecordedArtifact(artifact, digest, ArtifactRecord.from_dict(embedded, artifact.parent))
 
 
-def checkpoint_for(record: ArtifactRecord, artifact: Path) -> CheckpointRef | None:
-    """The record's checkpoint, if the file found has the recorded content; else a clear error."""
+def checkpoint_for(record: ArtifactRecord, artifact: str) -> CheckpointRef | None:
+    """The record's checkpoint, if the file found has the recorded content; else a clear error (``artifact``: its
+    name, for the message)."""
     ref = record.model.checkpoint
     if ref is None:
         return None
     if not ref.path.is_file():
-        raise FvdeployError(f"{artifact.name} was made from checkpoint {ref.path}, which is not there "
+        raise FvdeployError(f"{artifact} was made from checkpoint {ref.path}, which is not there "
                             "(nor at the same place relative to the artifact): pass --checkpoint with its new path")
     actual = sha256(ref.path)
     if actual != ref.sha256:
-        raise FvdeployError(f"checkpoint {ref.path} is not the one {artifact.name} was made from "
+        raise FvdeployError(f"checkpoint {ref.path} is not the one {artifact} was made from "
                             f"(sha256 {actual[:12]}… vs recorded {ref.sha256[:12]}…): pass --checkpoint with that file")
     return ref

@@ -9,7 +9,7 @@ activation, checks the batch against the record, and returns ``{output name: arr
 from __future__ import annotations
 
 import abc
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -22,6 +22,9 @@ Outputs = dict[str, np.ndarray]
 
 class Runner(abc.ABC):
     name = "runner"
+    # A runner that is sent encoded images (JPEG, PNG) and preprocesses them itself, through ``infer_encoded``: a
+    # served ensemble. ``infer`` takes the network's input.
+    takes_encoded = False
 
     def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
                  batch_range: tuple[int, int] | None = None) -> None:
@@ -51,6 +54,9 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> Outputs: ...
+
+    def infer_encoded(self, images: Sequence[bytes]) -> Outputs:
+        raise FvdeployError(f"{self.name} runner takes the network's input, not encoded images")
 
     def agree(self, what: str, inputs: Iterable[tuple[str, tuple, str]], outputs: Iterable[tuple[str, tuple, str]]) -> None:
         """Refuse a loaded artifact whose tensors (name, shape without batch, dtype) differ from the record's."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.model_spec import Preprocessing
 from ..system.errors import FvdeployError
@@ -68,20 +69,39 @@ def readable_images(files: Iterable[Path], skipped: list[str]) -> Iterator[tuple
             skipped.append(str(err).removeprefix("cannot read image "))
 
 
+def load_images(folder: str | Path | None = None, count: int | None = None,
+                note: Callable[[str], None] | None = None) -> list[Image.Image]:
+    """The readable images of a folder, or scikit-image's photos when no folder is given (``note``: told of the
+    files that could not be read)."""
+    if folder is None:
+        return skimage_photos()
+    skipped: list[str] = []
+    images = [img for _, img in readable_images(list_images(folder, count), skipped)]
+    if not images:
+        raise FvdeployError(f"no readable image in {folder} ({skipped[0]})")
+    if skipped and note is not None:
+        note(f"read {len(images)} images of {folder}; {skipped_text([Path(s).name for s in skipped])}")
+    return images
+
+
 def load_batch(size: Sequence[int], pre: Preprocessing, folder: str | Path | None = None,
                count: int | None = None, note: Callable[[str], None] | None = None) -> np.ndarray:
-    """``[N, 3, H, W]`` from a folder of images, or from scikit-image's photos when no folder is given
-    (``note``: told of the files that could not be read)."""
-    if folder is None:
-        images = skimage_photos()
-    else:
-        skipped: list[str] = []
-        images = [img for _, img in readable_images(list_images(folder, count), skipped)]
-        if not images:
-            raise FvdeployError(f"no readable image in {folder} ({skipped[0]})")
-        if skipped and note is not None:
-            note(f"read {len(images)} images of {folder}; {skipped_text([Path(s).name for s in skipped])}")
-    return np.stack([preprocess(img, size, pre) for img in images])
+    """``[N, 3, H, W]`` of ``load_images``."""
+    return np.stack([preprocess(img, size, pre) for img in load_images(folder, count, note)])
+
+
+def cycled(images: Sequence[Image.Image], n: int) -> list[Image.Image]:
+    """Exactly ``n`` images, cycling through the given ones (mirrored copies on the second pass), as ``batch_of``
+    does with preprocessed ones: for a runner that is sent the images themselves."""
+    return [images[i % len(images)] if (i // len(images)) % 2 == 0 else ImageOps.mirror(images[i % len(images)])
+            for i in range(n)]
+
+
+def encoded(img: Image.Image) -> bytes:
+    """An image as PNG bytes (lossless: the server decodes the very pixels preprocessed here)."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def batch_of(images: np.ndarray, n: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import json
 from ..core.dtypes import by_name
 from ..core.options import TritonBackend, TritonOptions
 from ..formats import FORMATS
-from .model import IMAGE_BYTES, TritonModel
+from .model import IMAGE_BYTES, RECORD_PARAMETER, TritonModel, encode_record
 
 
 def _tensor(spec, label_file: bool = False) -> str:
@@ -47,7 +47,13 @@ def config_text(model: TritonModel, opts: TritonOptions) -> str:
                      '  parameters { key: "trt_engine_cache_enable" value: "true" }\n'
                      '  parameters { key: "trt_engine_cache_path" value: "/tmp/fvdeploy_trt_cache" } } ] } }')
     lines.append(f'parameters {{ key: "fvdeploy.precision" value {{ string_value: "{rec.precision}" }} }}')
+    lines.append(_record_parameter(model))
     return "\n".join(lines) + "\n"
+
+
+def _record_parameter(model: TritonModel) -> str:
+    """The served file's record, which a client reads back with `get_model_config` (``served.ServedModel``)."""
+    return f'parameters {{ key: "{RECORD_PARAMETER}" value {{ string_value: "{encode_record(model.served)}" }} }}'
 
 
 def ensemble_text(model: TritonModel) -> str:
@@ -76,6 +82,7 @@ ensemble_scheduling {{
     }}
   ]
 }}
+{_record_parameter(model)}
 '''
 
 

@@ -3,6 +3,9 @@ of a served model read back from the folder `fvdeploy triton` wrote."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 from ..artifact import Artifact, open_artifact, read_recorded
 from ..core.options import InstanceKind, TritonBackend, TritonOptions
 from ..core.precision import QuantTarget
-from ..core.record import ArtifactRecord, FormatKey, RecordedArtifact
+from ..core.record import ArtifactRecord, FormatKey, RecordedArtifact, record_json
 from ..core.tensors import class_output
 from ..formats import FORMATS
 from ..system.errors import FvdeployError
@@ -20,6 +23,10 @@ SERVES = {TritonBackend.tensorrt: FormatKey.tensorrt, TritonBackend.onnxruntime:
 PYTHON_MODEL = "model.py"  # the python backend's model, beside the ONNX it runs
 IMAGE_BYTES = "image_bytes"
 CONFIG_FILE = "config.pbtxt"  # what makes a folder a Triton model folder
+# config.pbtxt's parameter that carries the served file's whole record, so that a client reads what the model is
+# from the server (`get_model_config`). Base64 of the record's JSON: protobuf's text format escapes quotes and
+# non-ASCII characters differently from JSON, and a parameter value is one string.
+RECORD_PARAMETER = "fvdeploy.record"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,18 @@ class TritonModel:
         return self.artifact.record
 
     @property
+    def served(self) -> ArtifactRecord:
+        """The record of the file in the version folder (the artifact's, its files named as served)."""
+        first, *companions = list(self.record.files)
+        return self.record.replace(files={self.file_name: self.record.files[first],
+                                          **{name: self.record.files[name] for name in companions}})
+
+    @property
+    def file_name(self) -> str:
+        """The served artifact's name in the version folder (the python backend's model.py runs a model.onnx)."""
+        return FORMATS[self.record.format].triton.model_file
+
+    @property
     def max_batch(self) -> int:
         return self.record.batch_range[1]
 
@@ -46,7 +65,7 @@ class TritonModel:
 
     @property
     def model_file(self) -> str:
-        return PYTHON_MODEL if self.backend is TritonBackend.python else FORMATS[self.record.format].triton.model_file
+        return PYTHON_MODEL if self.backend is TritonBackend.python else self.file_name
 
 
 # One folder name that Triton loads as the same model name (it requires config.pbtxt's name to equal the folder's):
@@ -125,3 +144,17 @@ def served_record(folder: Path) -> RecordedArtifact:
     """The served file's record, read through its sidecar with the checks every artifact gets (its sha256 among
     them: a model file replaced after `fvdeploy triton` wrote it is refused)."""
     return read_recorded(served_file(folder))
+
+
+def encode_record(record: ArtifactRecord) -> str:
+    return base64.b64encode(record_json(record).encode()).decode("ascii")
+
+
+def decode_record(text: str, where: str) -> ArtifactRecord:
+    """A record from a config's parameter (``where``: the model, for the message)."""
+    try:
+        data = json.loads(base64.b64decode(text.encode("ascii"), validate=True))
+    except (binascii.Error, UnicodeError, ValueError) as err:
+        raise FvdeployError(f"{where}: its {RECORD_PARAMETER} parameter is not a record fvdeploy wrote "
+                            f"({type(err).__name__})") from err
+    return ArtifactRecord.from_dict(data)

@@ -25,7 +25,6 @@ from pathlib import Path
 from ..core.options import TritonBackend, TritonOptions
 from ..core.record import FormatKey, files_read, write_record
 from ..data import pixels
-from ..formats import FORMATS
 from ..system.errors import CheckFailed, FvdeployError
 from ..system.files import check_output, scratch_folder
 from .config import config_text, ensemble_text, preprocess_config_text
@@ -71,13 +70,11 @@ def _copy_model_file(model: TritonModel, target: Path, published: Path) -> None:
     """The artifact as model.onnx/model.plan, with its sidecar record (written by the one sidecar writer); an
     ONNX's external data keeps the file name the graph refers to. ``published``: where ``target``'s folder will be
     (the record's relative paths are computed from there)."""
-    source, record = model.artifact.path, model.record
+    source, record = model.artifact.path, model.served
     shutil.copyfile(source, target)
-    first, *companions = list(record.files)
-    for name in companions:
+    for name in list(record.files)[1:]:
         shutil.copyfile(source.with_name(name), target.parent / name)
-    files = {target.name: record.files[first], **{name: record.files[name] for name in companions}}
-    write_record(target, record.replace(files=files), published)
+    write_record(target, record, published)
 
 
 def write_model(root: Path, repo: Path, model: TritonModel, opts: TritonOptions) -> None:
@@ -89,9 +86,7 @@ def write_model(root: Path, repo: Path, model: TritonModel, opts: TritonOptions)
     published = repo / model.name / str(opts.version)
     if model.backend is TritonBackend.python:
         shutil.copyfile(TEMPLATES / "onnx_model.py", version / PYTHON_MODEL)
-        _copy_model_file(model, version / FORMATS[FormatKey.onnx].triton.model_file, published)
-    else:
-        _copy_model_file(model, version / model.model_file, published)
+    _copy_model_file(model, version / model.file_name, published)
     if model.classifier:
         (folder / "labels.txt").write_text("\n".join(model.record.model.labels()) + "\n")
     if opts.preprocess:
@@ -124,6 +119,8 @@ def model_section(m: TritonModel, opts: TritonOptions) -> str:
                      f"built on {rec.details.get('gpu')}")
     if opts.preprocess:
         lines.append(f"- `{m.name}_ensemble` takes encoded JPEG/PNG bytes ({IMAGE_BYTES}, TYPE_STRING)")
+    lines.append(f"- once served, check it: `fvdeploy verify triton://HOST:8000/{m.name}` (its config.pbtxt carries "
+                 "its record)")
     return "\n".join(lines) + "\n"
 
 

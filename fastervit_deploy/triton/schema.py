@@ -10,7 +10,7 @@ from pathlib import Path
 from ..core.dtypes import from_triton
 from ..core.options import TritonOptions
 from ..system.errors import CheckFailed, MissingDependency
-from .model import CONFIG_FILE, TritonModel
+from .model import CONFIG_FILE, RECORD_PARAMETER, TritonModel, decode_record
 
 
 @functools.cache
@@ -56,6 +56,9 @@ def check_model(folder: Path, model: TritonModel, opts: TritonOptions) -> list[s
     label = cfg.output[0].label_filename if cfg.output else ""
     if label and len((folder / label).read_text().splitlines()) != rec.outputs[0].shape[0]:
         problems.append(f"{label} does not have one line per class")
+    carried = cfg.parameters[RECORD_PARAMETER].string_value if RECORD_PARAMETER in cfg.parameters else ""
+    if not carried or decode_record(carried, cfg.name).identity() != rec.identity():
+        problems.append(f"its {RECORD_PARAMETER} parameter does not read back as the artifact's record")
     version = folder / str(opts.version) / model.model_file
     if not version.is_file():
         problems.append(f"{version} is missing")

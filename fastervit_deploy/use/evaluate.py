@@ -5,6 +5,9 @@ batch by batch; each image is decoded once and preprocessed once per distinct pr
 recorded resolution, crop and normalisation), so two artifacts of one model get identical inputs.
 Nothing is kept per image: each runner's counts (top-1, top-5, agreement with the reference, the
 confusion matrix) are updated batch by batch, so memory stays flat in the data set's size.
+
+A served model (``triton://...``) is a member like a file; it gets each read batch as ``--concurrency`` requests in
+flight, and a served ensemble is sent the image files' own bytes (its server preprocesses them).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -22,7 +26,7 @@ from ..artifact import Artifact, open_artifact
 from ..core.accuracy import Tally
 from ..core.classes import ClassMap
 from ..core.model_spec import ModelDescription, resolve_model
-from ..core.options import ModelRequest, RunOptions
+from ..core.options import ModelRequest, RunOptions, ServerOptions
 from ..core.reference import TorchRunner
 from ..core.runner import Runner
 from ..core.tensors import class_output
@@ -34,27 +38,36 @@ from ..system.progress import progress_bar
 from .benchmark import machine, measure, order_facts
 from .predict import run_batches
 
+if TYPE_CHECKING:
+    from ..triton.served import ServedModel
+
 DEFAULT_BATCH = 32
 MAX_PLOTTED_CLASSES = 100
 
 
 @dataclass
 class Member:
-    """One thing evaluated: an artifact, or the PyTorch model; its runner and the preprocessing it needs."""
+    """One thing evaluated: an artifact (a file or a served model), or the PyTorch model; its runner and the
+    preprocessing it needs."""
 
     name: str
     model: ModelDescription
     runner: Runner
-    artifact: Artifact | None = None
+    artifact: "Artifact | ServedModel | None" = None
     tally: "Tally | None" = None
 
     @property
     def preprocessing_key(self) -> tuple:
         return (tuple(self.model.resolution), json.dumps(self.model.preprocessing.to_dict(), sort_keys=True))
 
-    def scores(self, batch: np.ndarray) -> np.ndarray:
-        """Class scores [N, classes] (logits or probabilities: the ranking is the same)."""
+    def scores(self, batch: np.ndarray, files: list[bytes]) -> np.ndarray:
+        """Class scores [N, classes] (logits or probabilities: the ranking is the same) of the preprocessed
+        ``batch``, or of the image ``files`` for a runner that preprocesses them itself."""
         spec = class_output(self.runner.outputs)
+        if self.runner.takes_encoded:
+            high = self.runner.batch_range[1]
+            return np.concatenate([self.runner.infer_encoded(files[i:i + high])[spec.name]
+                                   for i in range(0, len(files), high)])
         outs = [out[spec.name] for out in run_batches(self.runner, batch, self.runner.batch_range or (1, len(batch)))]
         return np.concatenate(outs)
 
@@ -62,10 +75,11 @@ class Member:
         art = self.artifact
         if art is None:
             return {"artifact": self.name, "format": "pytorch", "precision": "fp32", "size_mb": None}
-        files = [art.path, *(art.path.with_name(n) for n in list(art.record.files)[1:])]
-        size = sum(p.stat().st_size for f in files for p in ([f] if f.is_file() else f.rglob("*")) if p.is_file())
-        return {"artifact": str(art.path), "format": art.record.format.value, "precision": art.record.precision.value,
-                "size_mb": round(size / 1e6, 2)}
+        row = {"artifact": art.location, "format": art.record.format.value, "precision": art.record.precision.value,
+               "size_mb": art.size_mb()}
+        if hasattr(art, "facts"):  # a served model: where, and what the server said of itself
+            row.update(format=f"triton ({art.record.format.value})", served=art.facts())
+        return row
 
 
 def _classifier(member_model: ModelDescription, what: str) -> int:
@@ -75,28 +89,28 @@ def _classifier(member_model: ModelDescription, what: str) -> int:
 
 
 def _members(paths: list[Path], model: ModelRequest, reference: Path | None, runtime: RunOptions,
-             console: Console, not_run: list[dict]) -> tuple[Member, list[Member]]:
+             console: Console, not_run: list[dict], server: ServerOptions) -> tuple[Member, list[Member]]:
     """The reference and the artifacts that run here; one that cannot (a Core ML package off macOS, an engine without
     its GPU) is said in a note and kept in ``not_run``, and the others are evaluated (unless none can be)."""
-    arts = [open_artifact(p, model) for p in paths]
+    arts = [open_artifact(p, model, server) for p in paths]
     for art in arts:  # before the reference is built
-        _classifier(art.model, art.path.name)
+        _classifier(art.model, art.name)
         if note := art.runtime_note(runtime):
             console.print(note, markup=False, highlight=False, soft_wrap=True)
     if reference is not None:
-        ref_art = open_artifact(reference, model)
-        ref = Member(f"reference:{ref_art.path.name}", ref_art.model, ref_art.runner(runtime), ref_art)
+        ref_art = open_artifact(reference, model, server)
+        ref = Member(f"reference:{ref_art.name}", ref_art.model, ref_art.runner(runtime), ref_art)
     else:
         desc = arts[0].model if arts else resolve_model(model)
         ref = Member("pytorch", desc, TorchRunner(desc.build(), desc.input, desc.outputs, threads=runtime.threads))
     classes = _classifier(ref.model, ref.name)
     members = []
     for art in arts:
-        if _classifier(art.model, art.path.name) != classes:
-            raise FvdeployError(f"{art.path.name} has {art.model.config.num_classes} classes, the reference {classes}")
+        if _classifier(art.model, art.name) != classes:
+            raise FvdeployError(f"{art.name} has {art.model.config.num_classes} classes, the reference {classes}")
         if art.model.labels() != ref.model.labels():
-            raise FvdeployError(f"{art.path.name} names its classes differently from the reference ({ref.name})")
-        name = art.path.name if sum(a.path.name == art.path.name for a in arts) == 1 else str(art.path)
+            raise FvdeployError(f"{art.name} names its classes differently from the reference ({ref.name})")
+        name = art.name if sum(a.name == art.name for a in arts) == 1 else art.location
         try:
             runner = art.runner(runtime)
         except MissingDependency as err:
@@ -116,6 +130,11 @@ def _decode(files: tuple[Path, ...], skipped: list[str]) -> tuple[list, list[int
     read = dict(readable_images(files, skipped))
     kept = [i for i, path in enumerate(files) if path in read]
     return [read[files[i]] for i in kept], kept
+
+
+def _file_bytes(files: tuple[Path, ...], kept: list[int], everyone: list[Member]) -> list[bytes]:
+    """The kept files as they are on disk, for members that preprocess images themselves (read only for them)."""
+    return [files[i].read_bytes() for i in kept] if any(m.runner.takes_encoded for m in everyone) else []
 
 
 def _chunk_size(batch: int, members: list[Member]) -> int:
@@ -141,12 +160,12 @@ def accuracy_pass(ref: Member, members: list[Member], data: LabelledImages, batc
             images, kept = _decode(files, skipped)
             if images:
                 labels = np.asarray([data.labels[start + i] for i in kept])
-                scores = {}
+                scores, raw = {}, _file_bytes(files, kept, everyone)
                 for members_of_key in groups.values():
                     desc = members_of_key[0].model
                     x = np.stack([preprocess(img, desc.resolution, desc.preprocessing) for img in images])
                     for m in members_of_key:
-                        scores[id(m)] = m.scores(x)
+                        scores[id(m)] = m.scores(x, raw)
                 ref_top1 = ref.tally.add(scores[id(ref)], labels, np.argmax(scores[id(ref)], axis=1))
                 for m in members:
                     m.tally.add(scores[id(m)], labels, ref_top1)
@@ -160,14 +179,16 @@ def speed_pass(ref: Member, members: list[Member], data: LabelledImages, batch: 
     everyone = [ref, *members]
     sizes = [batch] + [m.runner.batch_range[1] for m in everyone if m.runner.batch_range]
     n = min(sizes)
-    images, _ = _decode(data.files[: max(n, 1)], [])
+    images, kept = _decode(data.files[: max(n, 1)], [])
     if not images:
         raise FvdeployError("no readable image to time with")
+    raw = _file_bytes(data.files, kept, everyone)
     fns = {}
     for m in everyone:
         desc = m.model
         x = np.stack([preprocess(images[i % len(images)], desc.resolution, desc.preprocessing) for i in range(n)])
-        fns[m.name] = lambda _batch, x=x, m=m: m.runner.infer(x)
+        files = [raw[i % len(raw)] for i in range(n)] if raw else []
+        fns[m.name] = lambda _batch, x=x, m=m, files=files: m.scores(x, files)
     # Each member times its own preprocessed batch; ``measure`` is given only the batch size (an empty [n, 0] array:
     # its progress counts images by the batch's length).
     results = measure(fns, {n: np.empty((n, 0), np.float32)}, warmup, iterations, console)
@@ -177,12 +198,12 @@ def speed_pass(ref: Member, members: list[Member], data: LabelledImages, batch: 
 def evaluate(paths: list[Path], data_dir: Path, model: ModelRequest, runtime: RunOptions, console: Console,
              labels_file: Path | None = None, reference: Path | None = None, batch: int = DEFAULT_BATCH,
              limit: int | None = None, speed_batch: int | None = None, warmup: int = 3, iterations: int = 10,
-             confusion_plot: bool = False) -> dict:
+             confusion_plot: bool = False, server: ServerOptions = ServerOptions()) -> dict:
     """The evaluation report (JSON-able): data, the reference's figures and every artifact's."""
     if speed_batch:  # the runners take turns in the timing: none may keep the cores busy (RunOptions.spinning)
         runtime = dataclasses.replace(runtime, spinning=False)
     not_run: list[dict] = []
-    ref, members = _members(paths, model, reference, runtime, console, not_run)
+    ref, members = _members(paths, model, reference, runtime, console, not_run, server)
     for m in [ref, *members] if speed_batch else []:  # said before the accuracy pass, not clipped in silence
         if m.runner.batch_range and speed_batch > m.runner.batch_range[1]:
             raise FvdeployError(f"--speed-batch {speed_batch} is above {m.name}'s batch range "

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
-from ..artifact import Artifact, read_record
+from ..artifact import Artifact, open_artifact, read_record
+from ..core.address import is_address
 from ..core.model_spec import ModelDescription
 from ..core.options import RunOptions
 from ..core.runner import softmax
@@ -17,8 +18,11 @@ from ..data.images import open_image, preprocess, readable_images, skipped_text
 from ..system.errors import FvdeployError
 from ..triton.model import CONFIG_FILE, served_record
 
+if TYPE_CHECKING:
+    from ..triton.served import ServedModel
 
-def probabilities(outputs: dict[str, np.ndarray], art: Artifact) -> np.ndarray:
+
+def probabilities(outputs: dict[str, np.ndarray], art: "Artifact | ServedModel") -> np.ndarray:
     """Class probabilities from the artifact's class output (its record says which output that is)."""
     spec = class_output(art.record.outputs)
     if spec is None:
@@ -41,10 +45,12 @@ def run_batches(runner, batch: np.ndarray, batch_range: tuple[int, int]):
 
 
 def model_of(artifact: str | Path | Artifact) -> ModelDescription:
-    """The model an artifact holds, from its record: an artifact file, or a Triton model folder fvdeploy wrote
-    (its served file's sidecar, checked like any artifact's)."""
+    """The model an artifact holds, from its record: an artifact file, a Triton model folder fvdeploy wrote (its
+    served file's sidecar, checked like any artifact's), or a served model's address (``triton://...``)."""
     if isinstance(artifact, Artifact):
         return artifact.model
+    if is_address(artifact):  # a served model: its record, from its server
+        return open_artifact(artifact, model=None).model
     path = Path(artifact)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return served_record(path).record.model
@@ -64,7 +70,7 @@ def preprocess_images(images: Iterable[str | Path | Image.Image], artifact: str 
                                 desc.resolution, desc.preprocessing) for img in images])
 
 
-def predict(art: Artifact, images: list[Path], top: int = 5, opts: RunOptions = RunOptions(),
+def predict(art: "Artifact | ServedModel", images: list[Path], top: int = 5, opts: RunOptions = RunOptions(),
             found: frozenset[Path] = frozenset(), note: Callable[[str], None] = lambda _: None) -> list[dict]:
     """One row per image: its path and the ``top`` (label, index, probability), most likely first.
 
@@ -83,7 +89,12 @@ def predict(art: Artifact, images: list[Path], top: int = 5, opts: RunOptions = 
         raise FvdeployError(f"no readable image ({skipped[0]})")
     images, batch = read, np.stack(arrays)
     with art.runner(opts) as runner:
-        probs = np.concatenate([probabilities(out, art) for out in run_batches(runner, batch, runner.batch_range)])
+        if runner.takes_encoded:  # a served ensemble: the files as they are, preprocessed by its server
+            files, high = [path.read_bytes() for path in read], runner.batch_range[1]
+            outputs = [runner.infer_encoded(files[i:i + high]) for i in range(0, len(files), high)]
+        else:
+            outputs = list(run_batches(runner, batch, runner.batch_range))
+        probs = np.concatenate([probabilities(out, art) for out in outputs])
     names = art.model.labels()
     rows = []
     for path, p in zip(images, probs):
