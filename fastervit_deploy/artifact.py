@@ -67,6 +67,10 @@ class Artifact(RecordedArtifact):
         size = sum(p.stat().st_size for f in files for p in ([f] if f.is_file() else f.rglob("*")) if p.is_file())
         return round(size / 1e6, 2)
 
+    def facts(self) -> dict | None:
+        """What a served model says of its server (None: a file, its record says it all)."""
+        return None
+
     def runtime_note(self, opts: RunOptions = RunOptions()) -> str | None:
         """One line if this artifact runs on a provider it was not made for."""
         return runtime_mismatch(self.path, self.record, opts)
@@ -122,7 +126,7 @@ def _with_model_options(record: ArtifactRecord, name: str, given: ModelRequest) 
         return ours.replace(checkpoint=moved)
     if "seed" in given.given and ours.checkpoint is not None:
         raise FvdeployError(f"--seed sets random weights: {name} was made from a checkpoint")
-    merged = dataclasses.replace(ours.request(), **{name: getattr(given, name) for name in given.given},
+    merged = dataclasses.replace(ours.request(), **{key: getattr(given, key) for key in given.given},
                                  overrides=given.overrides)
     desc = resolve_model(merged)
     if desc.input.shape != ours.input.shape:

@@ -98,6 +98,7 @@ def test_verify_a_served_model_its_ensemble_and_one_that_is_not_its_record(serve
     data = json.loads(report.read_text())
     assert data["artifact"] == f"{prefix}/cls" and data["runner"] == "triton" and data["passed"]
     assert data["overall"]["max_abs"] <= 1e-4 and data["overall"]["samples"] == 8
+    assert data["served"]["platform"] == "python" and data["served"]["max_batch_size"] == 16
     # The ensemble is sent PNG bytes: the server's preprocessing (its copy of fvdeploy's) against fvdeploy's.
     ensemble = cli("verify", f"{prefix}/cls_ensemble", "--batch", 10, "--json", tmp_path / "ens.json")
     assert ensemble.exit_code == 0, ensemble.output
@@ -201,6 +202,15 @@ def test_benchmark_counts_equal_the_servers_and_dynamic_batching_shows(served, t
     assert eight["executions"] < eight["requests"]  # eight clients: the server batched their requests
     assert data["served"]["server"]["name"] == "triton" and data["served"]["config"]["max_batch_size"] == 16
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A request rate: sent on schedule (an open loop), the rate achieved is the rate asked while the server keeps up.
+    rated = cli("benchmark", f"{prefix}/cls", "--request-rate", "10,40", "--window", 0.5, "--json", tmp_path / "r.json")
+    assert rated.exit_code == 0, rated.output
+    steps = json.loads((tmp_path / "r.json").read_text())["steps"]
+    assert [s["request_rate"] for s in steps] == [10, 40]
+    for step in steps:
+        assert step["requests"] == step["server"]["requests"]
+        assert abs(step["throughput_rps"] - step["request_rate"]) <= 0.2 * step["request_rate"], step
+    assert_one_line_error(cli("benchmark", f"{prefix}/cls", "--request-rate", 5, "--concurrency", 2), r"give one of", 2)
     assert_one_line_error(cli("benchmark", f"{prefix}/cls", "--batch", "1,8"), r"one batch size", 2)
     assert_one_line_error(cli("benchmark", f"{prefix}/cls", "--batch", 32), r"--batch 32 is outside .* 1\.\.16", 2)
 

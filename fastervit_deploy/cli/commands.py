@@ -225,7 +225,11 @@ def benchmark(
     iterations: Annotated[int, typer.Option(min=1, help="Timed rounds per batch size.")] = 10,
     pytorch: Annotated[bool, typer.Option("--pytorch/--no-pytorch", help="Also time PyTorch eager.")] = True,
     concurrency: Annotated[Optional[list[str]], typer.Option(
-        help="Served model: requests in flight, swept (default 1,2,4,8).", rich_help_panel=ServerOptions.PANEL)] = None,
+        help="Served model: clients, each sending its next request when answered, swept (default 1,2,4,8).",
+        rich_help_panel=ServerOptions.PANEL)] = None,
+    request_rate: Annotated[Optional[list[str]], typer.Option(
+        help="Served model: requests per second, sent on schedule whatever the answers, swept (instead of "
+             "--concurrency).", rich_help_panel=ServerOptions.PANEL)] = None,
     window: Annotated[Optional[float], typer.Option(
         min=0.05, help="Served model: seconds per measurement window (default 2).",
         rich_help_panel=ServerOptions.PANEL)] = None,
@@ -240,10 +244,10 @@ def benchmark(
     model under a concurrency sweep, with the server's own statistics (perf_analyzer's figures)."""
     _check_reports(overwrite, files_read(*artifacts, model.checkpoint), json=json_path, plot=plot_path)
     if any(is_address(a) for a in artifacts):
-        return _load_test(artifacts, model, server, batch, concurrency, window, max_windows, json_path, plot_path,
-                          overwrite)
-    served_only = [flag for flag, value in (("--concurrency", concurrency), ("--window", window),
-                                            ("--max-windows", max_windows)) if value is not None]
+        return _load_test(artifacts, model, server, batch, concurrency, request_rate, window, max_windows, json_path,
+                          plot_path, overwrite)
+    served_only = [flag for flag, value in (("--concurrency", concurrency), ("--request-rate", request_rate),
+                                            ("--window", window), ("--max-windows", max_windows)) if value is not None]
     if served_only:
         raise FvdeployError(f"{served_only[0]} is for a served model (triton://HOST:PORT/MODEL)")
     sizes = ints("--batch")(batch) or (1, 8, 32)
@@ -259,19 +263,22 @@ def benchmark(
 
 
 def _load_test(artifacts: list[Path], model: ModelRequest, server: ServerOptions, batch: list[str] | None,
-               concurrency: list[str] | None, window: float | None, max_windows: int | None, json_path: Path | None,
-               plot_path: Path | None, overwrite: bool) -> None:
-    """`benchmark triton://...`: the concurrency sweep; a sweep the server cut short is reported, then said."""
+               concurrency: list[str] | None, request_rate: list[str] | None, window: float | None,
+               max_windows: int | None, json_path: Path | None, plot_path: Path | None, overwrite: bool) -> None:
+    """`benchmark triton://...`: the load sweep; a sweep the server cut short is reported, then said."""
     if len(artifacts) != 1:
         raise FvdeployError("benchmark takes one served model at a time (its figures are the server's, not this "
                             "machine's: they do not interleave with files)")
     sizes = ints("--batch")(batch) or (1,)
     if len(sizes) != 1:
         raise FvdeployError("--batch: a served model is timed at one batch size (images per request)")
-    from ..use.load_test import load_test, plot, steps_tables
+    if concurrency is not None and request_rate is not None:
+        raise FvdeployError("give one of --concurrency and --request-rate")
+    from ..use.load_test import Load, load_test, plot, steps_tables
 
-    report = load_test(str(artifacts[0]), model, server, ints("--concurrency")(concurrency) or (1, 2, 4, 8), sizes[0],
-                       window or 2.0, max_windows or 10, console)
+    load = (Load("request_rate", ints("--request-rate")(request_rate)) if request_rate is not None else
+            Load("concurrency", ints("--concurrency")(concurrency) or (1, 2, 4, 8)))
+    report = load_test(str(artifacts[0]), model, server, load, sizes[0], window or 2.0, max_windows or 10, console)
     for table in steps_tables(report) if report["steps"] else []:
         stdout.print(table)
     console.print(f"measured: {report['rule']['text']}", highlight=False, soft_wrap=True)

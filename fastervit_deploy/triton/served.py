@@ -79,7 +79,7 @@ def _said(err: BaseException, address: ServedAddress, timeout_s: float) -> BaseE
 class Connection:
     """One event loop and one HTTP client to one server: ``with Connection(...) as c: c.run(coroutine)``."""
 
-    def __init__(self, address: ServedAddress, timeout_s: float, connections: int = 1) -> None:
+    def __init__(self, address: ServedAddress, timeout_s: float, connections: int | None = 1) -> None:
         self.address, self.timeout_s, self.connections = address, timeout_s, connections
         self.client = None
 
@@ -88,7 +88,7 @@ class Connection:
         self._loop = asyncio.new_event_loop()
 
         async def connect():  # aiohttp's session belongs to the loop it is made in
-            return aio.InferenceServerClient(self.address.url, conn_limit=max(1, self.connections),
+            return aio.InferenceServerClient(self.address.url, conn_limit=self.connections or 0,  # 0: no limit
                                              conn_timeout=self.timeout_s)
 
         self.client = self._loop.run_until_complete(connect())
@@ -227,7 +227,7 @@ class ServedModel:
                 "max_batch_size": self.config.get("max_batch_size"), "takes_encoded": self.takes_encoded,
                 "record": "server" if self.recorded else "model options",
                 "dynamic_batching": self.config.get("dynamic_batching"),
-                "instance_group": self.config.get("instance_group")}
+                "instance_group": self.config.get("instance_group"), "optimization": self.config.get("optimization")}
 
 
 def open_served(address: ServedAddress, model: ModelRequest | None, options: ServerOptions) -> ServedModel:

@@ -77,8 +77,8 @@ class Member:
             return {"artifact": self.name, "format": "pytorch", "precision": "fp32", "size_mb": None}
         row = {"artifact": art.location, "format": art.record.format.value, "precision": art.record.precision.value,
                "size_mb": art.size_mb()}
-        if hasattr(art, "facts"):  # a served model: where, and what the server said of itself
-            row.update(format=f"triton ({art.record.format.value})", served=art.facts())
+        if (served := art.facts()) is not None:  # a served model: where, and what the server said of itself
+            row.update(format=f"triton ({art.record.format.value})", served=served)
         return row
 
 

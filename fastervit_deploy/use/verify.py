@@ -45,6 +45,8 @@ def verify(path: Path | str, model: ModelRequest, tolerance: Tolerance, runtime:
             TorchRunner(torch_model, desc.input, desc.outputs, threads=runtime.threads) as reference:
         result = run_parity(lambda b: in_output_space(reference.infer(b), runner.outputs), runner, [photos], tol, sent)
     result.update(artifact=art.location, runner=runner.name, precision=record.precision.value, model=desc.name)
+    if (served := art.facts()) is not None:
+        result["served"] = served
     for line in report_lines(result):
         steps.note(f"{record.precision}: {line}")
     return result
