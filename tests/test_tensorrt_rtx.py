@@ -174,7 +174,8 @@ def test_downstream_commands_know_an_rtx_engine_for_what_it_is(tmp_path):
         assert_one_line_error(cli(*command), r"tiny\.rtx\.engine is a TensorRT for RTX engine: it runs on an "
                                              r"RTX-class NVIDIA GPU with TensorRT for RTX", 3)
     assert_one_line_error(cli("triton", engine, "--repository", tmp_path / "repo"),
-                          r"Triton's TensorRT backend cannot load it .*serve the ONNX it was built from \(tiny\.onnx\)", 2)
+                          r"Triton's TensorRT backend cannot load it .*serve the ONNX it was built from: fvdeploy "
+                          r"triton \S*tiny\.onnx --repository \S*repo\b", 2)
     assert not (tmp_path / "repo").exists()
     assert "not run here" in read_record(engine).details["audit"]  # no GPU: the record says where it runs
     rows = {row["format"]: row for row in json.loads(cli("formats", "--json").stdout)}

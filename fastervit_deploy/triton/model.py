@@ -17,6 +17,7 @@ from ..core.record import ArtifactRecord, FormatKey, RecordedArtifact, record_js
 from ..core.tensors import class_output
 from ..formats import FORMATS
 from ..system.errors import FvdeployError
+from ..system.files import shown
 
 SERVES = {TritonBackend.tensorrt: FormatKey.tensorrt, TritonBackend.onnxruntime: FormatKey.onnx,
           TritonBackend.python: FormatKey.onnx}
@@ -86,7 +87,9 @@ def resolve(path: Path, opts: TritonOptions, name: str | None) -> TritonModel:
     art = open_artifact(path, model=None)  # NoRecord: one line naming the file
     record = art.record
     if record.format is FormatKey.tensorrt_rtx:
-        origin = f" ({record.source.path.name})" if record.source else ""
+        # Runnable advice where the record names the source (its path as given here, not only its name).
+        origin = (f": fvdeploy triton {shown(record.source.path)} --repository {shown(opts.repository)}"
+                  if record.source else "")
         raise FvdeployError(f"{path.name} is a TensorRT for RTX engine: Triton's TensorRT backend cannot load it (it "
                             f"runs only in TensorRT for RTX); serve the ONNX it was built from{origin}")
     if art.format.triton is None:
