@@ -115,7 +115,13 @@ def test_served_failures_are_one_line_each(served, tmp_path):
     prefix, _, _ = served
     assert_one_line_error(cli("verify", f"{prefix}/nope"), r"has no model 'nope' \(it has: bare, cls, ", 2)
     assert_one_line_error(cli("verify", f"{prefix}/cls/7"), r"model 'cls' has no ready version 7 \(ready: 1\)", 2)
-    assert_one_line_error(cli("verify", f"{prefix}/bare"), r"carries no fvdeploy record in its configuration", 2)
+    assert_one_line_error(cli("verify", f"{prefix}/bare"), r"carries no fvdeploy record in its configuration .*: "
+                                                           r"pass --model", 2)
+    photo = tmp_path / "photo.png"
+    from fastervit_deploy.data.images import skimage_photos
+
+    skimage_photos()[0].save(photo)
+    assert_one_line_error(cli("predict", f"{prefix}/bare", photo), r"writes one\)\s*$", 2)  # predict takes no model options
     assert_one_line_error(cli("verify", f"{prefix}/reshaped"),
                           r"the server's outputs logits \[N, 12\] float32 differ from its record's logits \[N, 10\]", 1)
     assert_one_line_error(cli("verify", f"{prefix}/twelve"),

@@ -242,8 +242,9 @@ def open_served(address: ServedAddress, model: ModelRequest | None, options: Ser
         served = ServedModel(address, record, model_for(record, str(address), given), config, server, options)
     else:
         if not given.any_given:
+            advice = "" if model is None else ": pass --model and the options it was made with"
             raise NoRecord(f"{address} carries no fvdeploy record in its configuration (serve it with `fvdeploy "
-                           "triton`, which writes one): pass --model and the options it was made with")
+                           f"triton`, which writes one){advice}")
         desc = resolve_model(given)
         precision = config.get("parameters", {}).get("fvdeploy.precision", {}).get("string_value") or Precision.fp32
         kind = PLATFORMS.get(config.get("platform") or config.get("backend"), FormatKey.onnx)
