@@ -34,9 +34,6 @@ class ServedAddress:
     def __str__(self) -> str:
         return f"{SCHEME}://{self.url}/{self.model}" + (f"/{self.version}" if self.version else "")
 
-    def replace(self, model: str) -> "ServedAddress":
-        return ServedAddress(self.host, self.port, model, self.version)
-
 
 def is_address(text: str | Path | None) -> bool:
     """Whether a command-line argument names a served model (a file is never named ``triton:...``)."""

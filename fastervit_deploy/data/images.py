@@ -93,8 +93,7 @@ def load_batch(size: Sequence[int], pre: Preprocessing, folder: str | Path | Non
 def cycled(images: Sequence[Image.Image], n: int) -> list[Image.Image]:
     """Exactly ``n`` images, cycling through the given ones (mirrored copies on the second pass), as ``batch_of``
     does with preprocessed ones: for a runner that is sent the images themselves."""
-    return [images[i % len(images)] if (i // len(images)) % 2 == 0 else ImageOps.mirror(images[i % len(images)])
-            for i in range(n)]
+    return [ImageOps.mirror(images[i]) if mirrored else images[i] for i, mirrored in _cycle(len(images), n)]
 
 
 def encoded(img: Image.Image) -> bytes:
@@ -106,8 +105,11 @@ def encoded(img: Image.Image) -> bytes:
 
 def batch_of(images: np.ndarray, n: int) -> np.ndarray:
     """Exactly ``n`` images, cycling through the given ones (flipped copies on the second pass)."""
-    out = []
-    for i in range(n):
-        img = images[i % len(images)]
-        out.append(img if (i // len(images)) % 2 == 0 else img[:, :, ::-1])
-    return np.ascontiguousarray(np.stack(out))
+    return np.ascontiguousarray(np.stack([images[i][:, :, ::-1] if mirrored else images[i]
+                                          for i, mirrored in _cycle(len(images), n)]))
+
+
+def _cycle(count: int, n: int) -> list[tuple[int, bool]]:
+    """(which image, mirrored?) for each of ``n`` places filled from ``count`` images: every second pass mirrored,
+    so that repeats are not copies."""
+    return [(i % count, (i // count) % 2 == 1) for i in range(n)]

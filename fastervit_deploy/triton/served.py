@@ -17,7 +17,6 @@ line naming the server (``_said``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -277,7 +276,8 @@ def _show(tensors: Sequence[tuple[str, tuple, str]]) -> str:
 
 
 class TritonRunner(Runner):
-    """Requests to a served model. ``infer`` takes fvdeploy's preprocessed batch (a plain model); ``infer_encoded``
+    """Requests to a served model (opened by ``open_served``, which checked its configuration against the record).
+    ``infer`` takes fvdeploy's preprocessed batch (a plain model); ``infer_encoded``
     takes encoded images (an ensemble). Either way a call's images are spread over ``concurrency`` requests in
     flight at once (each at most the model's max_batch_size), and every answer is checked: its request id, the
     outputs' shapes and element types against the record."""
@@ -295,13 +295,9 @@ class TritonRunner(Runner):
         return self.served.takes_encoded
 
     def activate(self) -> None:
+        # The configuration was read and checked against the record when the model was opened (``open_served``);
+        # what the server answers from here on is checked answer by answer (``request``).
         self.connection = Connection(self.served.address, self.served.options.timeout, self.concurrency).__enter__()
-        try:
-            config = self.connection.run(self.connection.model_config())  # still there, and still the same model
-            check_config(dataclasses.replace(self.served, config=config))
-        except BaseException:
-            self.deactivate()
-            raise
 
     def deactivate(self) -> None:
         if self.connection is not None:

@@ -179,7 +179,6 @@ def load_test(address: str, model: ModelRequest, server: ServerOptions, load: Lo
     with Connection(served.address, server.timeout, load.connections) as conn, \
             progress_bar(console, unit="windows") as bar:
         task = bar.add_task("load test", total=len(load.levels) * max_windows)
-        metadata = conn.run(conn.server_metadata())
         for level in load.levels:
             windows: list[Window] = []
             try:
@@ -193,7 +192,7 @@ def load_test(address: str, model: ModelRequest, server: ServerOptions, load: Lo
             bar.advance(task, max_windows - len(windows))
             used = windows[-STABLE_WINDOWS:] if stable(windows) else windows
             steps.append(_pooled(used, load, level, batch, stable(windows)))
-    return {"served": {**served.facts(), "server": {k: metadata.get(k) for k in ("name", "version", "extensions")},
+    return {"served": {**served.facts(), "server": {k: served.server.get(k) for k in ("name", "version", "extensions")},
                        "config": served.config},
             "model": served.model.name, "resolution": list(served.model.resolution), "batch": batch, "mode": load.mode,
             "rule": rule(window_s, max_windows), "steps": steps, "incomplete": incomplete,
