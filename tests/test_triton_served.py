@@ -103,6 +103,13 @@ def test_verify_a_served_model_its_ensemble_and_one_that_is_not_its_record(serve
     ensemble = cli("verify", f"{prefix}/cls_ensemble", "--batch", 10, "--json", tmp_path / "ens.json")
     assert ensemble.exit_code == 0, ensemble.output
     assert json.loads((tmp_path / "ens.json").read_text())["overall"]["max_abs"] <= 1e-4
+    # A trained checkpoint (non-zero biases, BatchNorm statistics, layer scales: the graph a user's checkpoint makes),
+    # plain and through its ensemble.
+    for name in ("digits", "digits_ensemble"):
+        trained = cli("verify", f"{prefix}/{name}", "--json", tmp_path / f"{name}.json")
+        assert trained.exit_code == 0, trained.output
+        figures = json.loads((tmp_path / f"{name}.json").read_text())["overall"]
+        assert figures["max_abs"] <= 1e-4 and figures["top1_agreement"] == 1.0, figures
     # Other weights behind the same record: the check fails (exit 1), it is not an error.
     wrong = cli("verify", f"{prefix}/wrong", "--json", tmp_path / "wrong.json")
     assert wrong.exit_code == 1 and "verification failed" in wrong.output, wrong.output
